@@ -1,0 +1,280 @@
+"""One typed configuration for the whole study: frozen dataclasses built from YAML.
+
+Every section is a frozen dataclass. ``load_config(path)`` reads a YAML file and fails loudly on an
+unknown key, a value of the wrong type or an out-of-range value, naming the file and the key path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mirl_lib.errors import ConfigError
+
+TASKS: tuple[str, ...] = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """PromptIR architecture. Every width derives from these fields.
+
+    ``preset`` names a starting point (see ``mirl_lib.model.PRESETS``); the other fields, when given
+    in YAML, override the preset's values.
+    """
+
+    preset: str = "paper"
+    dim: int = 48
+    num_blocks: tuple[int, ...] = (4, 6, 6, 8)
+    num_refinement_blocks: int = 4
+    heads: tuple[int, ...] = (1, 2, 4, 8)
+    ffn_expansion_factor: float = 2.66
+    bias: bool = False
+    layernorm_type: str = "WithBias"
+    prompt_dims: tuple[int, ...] = (64, 128, 320)
+    prompt_len: int = 5
+    prompt_sizes: tuple[int, ...] = (64, 32, 16)
+    unused_convs: bool = True
+
+    def __post_init__(self) -> None:
+        _require(len(self.num_blocks) == 4, "model.num_blocks", "needs 4 entries (levels 1-4)")
+        _require(len(self.heads) == 4, "model.heads", "needs 4 entries (levels 1-4)")
+        _require(len(self.prompt_dims) == 3, "model.prompt_dims", "needs 3 entries")
+        _require(len(self.prompt_sizes) == 3, "model.prompt_sizes", "needs 3 entries")
+        _require(self.dim > 0, "model.dim", "must be positive")
+        _require(self.layernorm_type in ("WithBias", "BiasFree"), "model.layernorm_type",
+                 "must be 'WithBias' or 'BiasFree'")
+        for level, (width, heads) in enumerate(zip((1, 2, 4, 8), self.heads), start=1):
+            _require(self.dim * width % heads == 0, "model.heads",
+                     f"level {level} width {self.dim * width} is not divisible by {heads} heads")
+        for width, prompt in zip((2, 4, 8), self.prompt_dims):
+            _require((self.dim * width + prompt) % self.heads[2] == 0, "model.prompt_dims",
+                     f"prompt block width {self.dim * width + prompt} is not divisible by "
+                     f"{self.heads[2]} heads")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are degraded and cut.
+
+    ``source``: ``bundled`` (scikit-image photographs), ``mirl`` (the published folder layout under
+    ``root``) or ``folder`` (any folder of clean photos under ``root``, synthesized into all tasks).
+    """
+
+    source: str = "bundled"
+    root: str = "datasets"
+    tasks: tuple[str, ...] = TASKS
+    patch_size: int = 64
+    test_max_side: int = 0
+    test_per_task: int = 0
+    folder_test_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        _require(self.source in ("bundled", "mirl", "folder"), "data.source",
+                 "must be one of 'bundled', 'mirl', 'folder'")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        _require(not unknown and len(self.tasks) > 0, "data.tasks",
+                 f"unknown task(s) {unknown}; known: {list(TASKS)}")
+        _require(self.patch_size >= 16 and self.patch_size % 8 == 0, "data.patch_size",
+                 "must be a multiple of 8, at least 16")
+        _require(self.test_max_side >= 0, "data.test_max_side", "must be >= 0 (0 = full size)")
+        _require(0.0 < self.folder_test_fraction < 1.0, "data.folder_test_fraction",
+                 "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (dense, or one pruning round). Schedule: linear warmup then cosine decay."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-4
+    betas: tuple[float, ...] = (0.9, 0.999)
+    warmup_steps: int = 100
+    grad_clip: float = 0.0
+    device: str = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    checkpoint_every: int = 200
+    log_every: int = 20
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.steps > 0, "train.steps", "must be positive")
+        _require(self.batch_size > 0, "train.batch_size", "must be positive")
+        _require(self.lr > 0, "train.lr", "must be positive")
+        _require(0 <= self.warmup_steps < self.steps, "train.warmup_steps", "must be in [0, steps)")
+        _require(len(self.betas) == 2, "train.betas", "needs 2 entries")
+        _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+                 "train.device", "must be auto, cpu, cuda, cuda:N or mps")
+        _require(self.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Iterative magnitude pruning (the trunk) and how it is applied."""
+
+    rate: float = 0.2
+    rounds: int = 15
+    scope: str = "default"
+    method: str = "global"
+    output_rate_factor: float = 0.5
+    late_rewind_step: int = 0
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.rate < 1.0, "prune.rate", "must be in (0, 1)")
+        _require(self.rounds >= 1, "prune.rounds", "must be >= 1")
+        _require(self.scope in ("default", "reference"), "prune.scope",
+                 "must be 'default' or 'reference'")
+        _require(self.method in ("global", "layerwise"), "prune.method",
+                 "must be 'global' or 'layerwise'")
+        _require(self.late_rewind_step >= 0, "prune.late_rewind_step", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Which branches run beside the trunk, at which sparsities, with which seeds."""
+
+    name: str = "default"
+    seeds: tuple[int, ...] = (0,)
+    branches: tuple[str, ...] = ("finetune", "oneshot", "reinit", "random_mask", "late_rewind")
+    branch_remaining: tuple[float, ...] = (0.5, 0.2, 0.1)
+    eval_every_round: bool = True
+
+    def __post_init__(self) -> None:
+        known = ("finetune", "oneshot", "reinit", "random_mask", "late_rewind")
+        unknown = [b for b in self.branches if b not in known]
+        _require(not unknown, "study.branches", f"unknown branch(es) {unknown}; known: {list(known)}")
+        _require(len(self.seeds) > 0, "study.seeds", "needs at least one seed")
+        _require(all(0.0 < r < 1.0 for r in self.branch_remaining), "study.branch_remaining",
+                 "every entry must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole study configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-serializable dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def hash(self) -> str:
+        """A short stable hash of the full configuration (recorded beside every result)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a dataclass field annotation and convert lists to tuples."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in the config")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def section_from_dict(cls: type, data: dict[str, Any] | None, prefix: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from ``data``, starting from ``base`` (or the defaults)."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}: unknown key(s) {unknown}; known keys: {names}")
+    values = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in data.items()}
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+def model_config(preset_or_overrides: str | dict[str, Any] | ModelConfig) -> ModelConfig:
+    """A ``ModelConfig`` from a preset name, a dict ``{preset: ..., overrides...}`` or a config."""
+    from mirl_lib.model import PRESETS
+
+    if isinstance(preset_or_overrides, ModelConfig):
+        return preset_or_overrides
+    spec = {"preset": preset_or_overrides} if isinstance(preset_or_overrides, str) else dict(
+        preset_or_overrides)
+    preset = spec.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    return section_from_dict(ModelConfig, spec, "model", base=PRESETS[preset])
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build the full ``Config``; errors name ``source`` and the key path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - set(sections))
+    try:
+        if unknown:
+            raise ConfigError(f"unknown section(s) {unknown}; known sections: {list(sections)}")
+        hints = typing.get_type_hints(Config)
+        built = {"model": model_config(data.get("model") or {})}
+        for name in ("data", "train", "prune", "study"):
+            built[name] = section_from_dict(hints[name], data.get(name), name)
+        return Config(**built)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; ``overrides`` (nested dict) is merged over the file's content."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if overrides:
+        data = merge(data, overrides)
+    return config_from_dict(data, source=str(path))
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge, ``over`` wins."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

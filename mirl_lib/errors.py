@@ -1,0 +1,17 @@
+"""Errors raised on bad input. Each message names the file or key and what is wrong."""
+
+
+class MirlError(Exception):
+    """Base class for every user-facing error of mirl (bad file, key, image or checkpoint)."""
+
+
+class ConfigError(MirlError, ValueError):
+    """A configuration key or value is wrong."""
+
+
+class DataError(MirlError):
+    """A dataset folder, image pair or image is missing or unusable."""
+
+
+class CheckpointError(MirlError):
+    """A checkpoint or ticket cannot be read or does not fit the model."""
