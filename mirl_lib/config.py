@@ -65,6 +65,8 @@ class DataConfig:
 
     ``source``: ``bundled`` (scikit-image photographs), ``mirl`` (the published folder layout under
     ``root``) or ``folder`` (any folder of clean photos under ``root``, synthesized into all tasks).
+    ``test_seed`` fixes the test degradations (combined with each image's name, never its order);
+    it is the same for every training seed so all runs are scored on the same degraded images.
     """
 
     source: str = "bundled"
@@ -74,6 +76,7 @@ class DataConfig:
     test_max_side: int = 0
     test_per_task: int = 0
     folder_test_fraction: float = 0.25
+    test_seed: int = 0
 
     def __post_init__(self) -> None:
         _require(self.source in ("bundled", "mirl", "folder"), "data.source",

@@ -21,7 +21,7 @@ from mirl_lib.config import ModelConfig
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(preset="paper"),
     "cpu": ModelConfig(
-        preset="cpu", dim=16, num_blocks=(1, 2, 2, 2), num_refinement_blocks=1, heads=(1, 2, 4, 8),
+        preset="cpu", dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 4, 8),
         prompt_dims=(16, 32, 64), prompt_len=5, prompt_sizes=(16, 8, 4), unused_convs=False),
     "tiny": ModelConfig(
         preset="tiny", dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
@@ -50,11 +50,12 @@ class _NormBody(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if with_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
-        w = self.weight.view(1, -1, 1, 1)
-        if self.bias is None:
-            return x / torch.sqrt(var + 1e-5) * w
-        return (x - mean) / torch.sqrt(var + 1e-5) * w + self.bias.view(1, -1, 1, 1)
+        if self.bias is None:  # scale by the standard deviation, no centring
+            var = torch.var(x, dim=1, keepdim=True, unbiased=False)
+            return x / torch.sqrt(var + 1e-5) * self.weight.view(1, -1, 1, 1)
+        channels_last = x.permute(0, 2, 3, 1)
+        out = F.layer_norm(channels_last, (x.shape[1],), self.weight, self.bias, 1e-5)
+        return out.permute(0, 3, 1, 2)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,38 @@
+"""Pick the torch device a run uses: ``auto`` prefers CUDA, then Apple MPS, then the CPU."""
+from __future__ import annotations
+
+import torch
+
+from mirl_lib.errors import ConfigError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The ``torch.device`` for ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Raises ``ConfigError`` when the name is unknown or the requested accelerator is absent.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"device {name!r}: not a valid CUDA device name") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps': Apple MPS is not available on this machine")
+        return torch.device("mps")
+    raise ConfigError(f"device {name!r}: must be auto, cpu, cuda, cuda:N or mps")

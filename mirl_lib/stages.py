@@ -1,0 +1,260 @@
+"""The study's stages as papermill notebooks, and the runner behind ``./run_all.sh``.
+
+``python -m mirl_lib.stages run params/default.yaml [--results DIR] [--force STAGE ...]`` executes
+every stage notebook in order, saving each executed notebook under ``<run>/notebooks/``. A stage
+whose artifacts exist is skipped; ``--force`` moves a stage's points aside (nothing is deleted) and
+runs it again. At the end the run's numbers are compared with the reference copy of the committed
+results (``<run>/reference/metrics.csv``, taken before the first stage overwrote them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mirl_lib.checkpoints import atomic_write_text
+from mirl_lib.config import Config, load_config
+from mirl_lib.errors import MirlError
+from mirl_lib.lottery import Study
+from mirl_lib.report import compare_with_reference
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One notebook execution: its name, notebook file and injected parameters."""
+
+    name: str
+    notebook: str
+    parameters: dict = field(default_factory=dict)
+    points: tuple[tuple[str, int], ...] = ()
+
+
+def open_study(params_file: str | Path, results_root: str | Path) -> Study:
+    """The study of a params file, in ``<results_root>/<study.name>``."""
+    cfg = load_config(params_file)
+    return Study(cfg, Path(results_root) / cfg.study.name)
+
+
+def stage_list(study: Study) -> list[Stage]:
+    """Every stage, in dependency order."""
+    points = study.stages()
+    stages = [Stage("data", "00_data_preview.ipynb"),
+              Stage("dense", "01_dense.ipynb", points=(("dense", 0),))]
+    stages += [Stage(f"round_{r:02d}", "02_prune_round.ipynb", {"round": r}, (("rewind", r),))
+               for s, r in points if s == "rewind"]
+    for strategy in study.cfg.study.branches:
+        branch = tuple(p for p in points if p[0] == strategy)
+        stages.append(Stage(f"branch_{strategy}", "03_branch.ipynb", {"strategy": strategy}, branch))
+    stages += [Stage("evaluate", "04_evaluate.ipynb"), Stage("figures", "05_figures.ipynb")]
+    return stages
+
+
+def stage_done(study: Study, stage: Stage) -> bool:
+    """A stage with points is done when all of them are, for every seed; others always rerun."""
+    if not stage.points:
+        return stage.name == "data" and (study.run_dir / "data_preview.png").is_file()
+    return all(study.is_done(seed, s, r) for seed in study.cfg.study.seeds for s, r in stage.points)
+
+
+def move_aside(study: Study, stage: Stage) -> list[Path]:
+    """Rename a stage's point folders to ``<folder>.replaced-<time>`` so it reruns; returns them."""
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for seed in study.cfg.study.seeds:
+        for strategy, rnd in stage.points:
+            folder = study.point_dir(seed, strategy, rnd)
+            if folder.exists():
+                target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+                folder.rename(target)
+                moved.append(target)
+    return moved
+
+
+def keep_reference(study: Study) -> Path | None:
+    """Copy the committed ``metrics.csv`` to ``reference/`` once, before this run replaces it."""
+    current = study.run_dir / "metrics.csv"
+    reference = study.run_dir / "reference" / "metrics.csv"
+    if current.is_file() and not reference.exists():
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(current, reference)
+    return reference if reference.is_file() else None
+
+
+def reproduction_report(study: Study) -> str:
+    """How this run's PSNRs compare with the reference (committed) run."""
+    reference = study.run_dir / "reference" / "metrics.csv"
+    current = study.run_dir / "metrics.csv"
+    if not reference.is_file():
+        return "No committed reference results to compare with (this run is the first)."
+    table = compare_with_reference(pd.read_csv(current), pd.read_csv(reference))
+    atomic_write_text(table.to_csv(index=False), study.run_dir / "reproduction.csv")
+    both = table.dropna(subset=["difference"])
+    missing = int(table["difference"].isna().sum())
+    diff = both["difference"].abs()
+    return (f"Compared with the committed results on {len(both)} (point, task) means: "
+            f"max |ΔPSNR| = {diff.max():.3f} dB, mean |ΔPSNR| = {diff.mean():.3f} dB"
+            + (f"; {missing} rows present in only one of the two" if missing else "") + ".")
+
+
+def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path) -> Path:
+    """Run one stage notebook through papermill in its own process; the executed copy and a log of
+    the run go to ``out_dir``. Raises ``MirlError`` naming both when the notebook fails."""
+    suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}" for v in stage.parameters.values())
+    output = out_dir / f"{Path(stage.notebook).stem}{suffix}.ipynb"
+    log = output.with_suffix(".log")
+    parameters = {"params_file": str(params_file), "results_root": str(results_root),
+                  **stage.parameters}
+    command = [sys.executable, "-m", "papermill", str(NOTEBOOKS / stage.notebook), str(output),
+               "--cwd", str(NOTEBOOKS), "--kernel", "python3", "--no-progress-bar",
+               "-y", json.dumps(parameters)]
+    with open(log, "w") as stream:
+        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise MirlError(f"stage {stage.name} failed: see {output} (the failing cell) and {log}")
+    return output
+
+
+def export_html(notebook: Path, target: Path) -> Path:
+    """The executed notebook as a standalone HTML page (images embedded), readable without a kernel."""
+    import nbconvert
+    import nbformat
+
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    atomic_write_text(body, target)
+    return target
+
+
+def dependencies(study: Study, stages: list[Stage]) -> dict[str, set[str]]:
+    """Which stages each stage waits for."""
+    deepest = f"round_{max(study.branch_rounds()):02d}"
+    points = {s.name for s in stages if s.points}
+    deps: dict[str, set[str]] = {}
+    for stage in stages:
+        if stage.name.startswith("round_"):
+            rnd = stage.parameters["round"]
+            deps[stage.name] = {"dense" if rnd == 1 else f"round_{rnd - 1:02d}"}
+        elif stage.name in ("branch_reinit", "branch_random_mask"):
+            deps[stage.name] = {deepest}
+        elif stage.name.startswith("branch_"):
+            deps[stage.name] = {"dense"}
+        elif stage.name == "evaluate":
+            deps[stage.name] = points | {"data"}
+        elif stage.name == "figures":
+            deps[stage.name] = {"evaluate"}
+        else:
+            deps[stage.name] = set()
+    return deps
+
+
+def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1) -> Study:
+    """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time."""
+    params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
+    study = open_study(params_file, results_root)
+    stages = stage_list(study)
+    unknown = sorted(set(force) - {s.name for s in stages})
+    if unknown:
+        raise MirlError(f"--force: unknown stage(s) {unknown}; stages: {[s.name for s in stages]}")
+    study.prepare()
+    keep_reference(study)
+    out_dir = study.run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deps = dependencies(study, stages)
+    started = time.time()
+    index = {stage.name: i for i, stage in enumerate(stages, start=1)}
+
+    def one(stage: Stage) -> None:
+        where = f"[{index[stage.name]}/{len(stages)}] {stage.name}"
+        t0 = time.time()
+        print(f"{where}: running {stage.notebook} ...", flush=True)
+        executed = execute(stage, params_file, results_root, out_dir)
+        if stage.name == "figures":
+            print(f"{where}: report {export_html(executed, study.run_dir / 'report.html')}", flush=True)
+        print(f"{where}: finished in {time.time() - t0:.0f} s "
+              f"(total {(time.time() - started) / 60:.1f} min)", flush=True)
+
+    finished: set[str] = set()
+    pending = list(stages)
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict = {}
+        while pending or running:
+            for stage in list(pending):
+                if failure is not None or len(running) >= jobs:
+                    break
+                if not deps[stage.name] <= finished:
+                    continue
+                pending.remove(stage)
+                if stage.name in force:
+                    for path in move_aside(study, stage):
+                        print(f"[{index[stage.name]}/{len(stages)}] {stage.name}: moved "
+                              f"{path.name} aside", flush=True)
+                elif stage_done(study, stage):
+                    print(f"[{index[stage.name]}/{len(stages)}] {stage.name}: done already, "
+                          f"skipped", flush=True)
+                    finished.add(stage.name)
+                    continue
+                running[pool.submit(one, stage)] = stage
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage = running.pop(future)
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                else:
+                    finished.add(stage.name)
+    if failure is not None:
+        raise failure
+    print(reproduction_report(study), flush=True)
+    print(f"Study finished in {(time.time() - started) / 60:.1f} min: {study.run_dir}", flush=True)
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mirl_lib.stages", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run every stage in order")
+    list_p = sub.add_parser("list", help="list the stages and whether they are done")
+    for p in (run_p, list_p):
+        p.add_argument("params", type=Path)
+        p.add_argument("--results", type=Path, default=REPO / "results")
+    run_p.add_argument("--force", action="append", default=[], metavar="STAGE")
+    run_p.add_argument("--jobs", type=int, default=2,
+                       help="stages run at once where dependencies allow (default 2)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            study = open_study(args.params, args.results)
+            for stage in stage_list(study):
+                print(f"{stage.name}\t{'done' if stage_done(study, stage) else 'todo'}")
+        else:
+            run(args.params, args.results, tuple(args.force), max(1, args.jobs))
+    except MirlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def config_notes(cfg: Config) -> str:
+    """A few lines describing the setting, for the summary page."""
+    m, t, p = cfg.model, cfg.train, cfg.prune
+    return (f"Preset `{m.preset}` (dim {m.dim}, blocks {list(m.num_blocks)}), data `{cfg.data.source}` "
+            f"patch {cfg.data.patch_size}, {t.steps} steps of batch {t.batch_size} per round "
+            f"(lr {t.lr:g}, warmup {t.warmup_steps}), {p.rounds} rounds of {p.rate:.0%} {p.method} "
+            f"pruning ({p.scope} scope), seeds {list(cfg.study.seeds)}, config hash "
+            f"`{cfg.hash()}`.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

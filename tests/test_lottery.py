@@ -1,0 +1,148 @@
+"""Each strategy of the study starts from the weights and mask it claims to (smoke setting)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mirl_lib import masks, pruning, tickets
+from mirl_lib.checkpoints import load_model
+from mirl_lib.config import load_config
+from mirl_lib.errors import ConfigError
+from mirl_lib.lottery import RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET, Study
+from mirl_lib.model import build_model
+
+SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    cfg = load_config(SMOKE, overrides={"study": {"name": "lottery"}})
+    run = Study(cfg, tmp_path_factory.mktemp("runs") / "lottery")
+    for strategy, rnd in run.stages():
+        run.run_point(0, strategy, rnd)
+    run.collect()
+    return run
+
+
+def state(study: Study, strategy: str, rnd: int, name: str = "final.pt") -> dict:
+    return load_model(study.point_dir(0, strategy, rnd) / name)[0].state_dict()
+
+
+def mask_of(study: Study, strategy: str, rnd: int) -> masks.Mask:
+    return masks.load_mask(study.point_dir(0, strategy, rnd) / "mask.pt")
+
+
+def start_of(study: Study, strategy: str, rnd: int) -> tuple[dict, masks.Mask, int, dict]:
+    model, mask, step, extra = study._start(0, strategy, rnd, study.point_dir(0, strategy, rnd))
+    return model.state_dict(), mask, step, extra
+
+
+def assert_masked_equal(a: dict, b: dict, mask: masks.Mask) -> None:
+    for name, keep in mask.items():
+        assert torch.equal(a[name] * keep, b[name] * keep), name
+
+
+def test_trunk_masks_are_exact_global_rounds(study: Study) -> None:
+    rate = study.cfg.prune.rate
+    previous = masks.full_mask(build_model(study.cfg.model), study.cfg.prune.scope)
+    for rnd in range(1, study.cfg.prune.rounds + 1):
+        weights = state(study, "dense" if rnd == 1 else "rewind", 0 if rnd == 1 else rnd - 1)
+        expected = pruning.prune({n: weights[n] for n in previous}, previous, study.cfg.prune)
+        mask = mask_of(study, "rewind", rnd)
+        assert all(torch.equal(mask[n], expected[n]) for n in mask)
+        alive = sum(int(m.sum()) for m in previous.values())
+        assert sum(int(m.sum()) for m in mask.values()) == alive - round(rate * alive)
+        previous = mask
+
+
+def test_rewind_starts_from_the_original_initialization(study: Study) -> None:
+    init = state(study, "dense", 0, "init.pt")
+    for rnd in (1, 3):
+        start, mask, step, _ = start_of(study, "rewind", rnd)
+        assert step == 0
+        assert_masked_equal(start, init, mask)
+
+
+def test_pruned_weights_are_exactly_zero_after_training(study: Study) -> None:
+    for strategy, rnd in study.stages()[1:]:
+        final = state(study, strategy, rnd)
+        for name, keep in mask_of(study, strategy, rnd).items():
+            assert not final[name][~keep].any(), (strategy, rnd, name)
+
+
+def test_late_rewind_starts_from_step_k_and_resumes_the_schedule(study: Study) -> None:
+    k = study.cfg.prune.late_rewind_step
+    snapshot = state(study, "dense", 0, f"weights_step{k}.pt")
+    start, mask, step, extra = start_of(study, "late_rewind", 1)
+    assert step == k and extra["rewind_step"] == k
+    assert_masked_equal(start, snapshot, mask)
+    assert not torch.equal(snapshot["output.weight"], state(study, "dense", 0, "init.pt")["output.weight"])
+    history = pd.read_csv(study.point_dir(0, "late_rewind", 1) / "history.csv")
+    assert history["step"].min() > k
+
+
+def test_finetune_keeps_trained_values(study: Study) -> None:
+    start, mask, _, _ = start_of(study, "finetune", 2)
+    assert_masked_equal(start, state(study, "finetune", 1), mask)
+    start, mask, _, _ = start_of(study, "finetune", 1)
+    assert_masked_equal(start, state(study, "dense", 0), mask)
+
+
+def test_oneshot_prunes_the_dense_network_to_the_trunk_sparsity(study: Study) -> None:
+    model = build_model(study.cfg.model)
+    for rnd in study.branch_rounds():
+        one = mask_of(study, "oneshot", rnd)
+        trunk = mask_of(study, "rewind", rnd)
+        assert masks.sparsity(one, model)["kept"] == masks.sparsity(trunk, model)["kept"]
+        dense = state(study, "dense", 0)
+        kept = torch.cat([dense[n][m].abs() for n, m in one.items()])
+        dropped = torch.cat([dense[n][~m].abs() for n, m in one.items()])
+        assert kept.min() >= dropped.max()
+        start, mask, _, _ = start_of(study, "oneshot", rnd)
+        assert_masked_equal(start, state(study, "dense", 0, "init.pt"), mask)
+
+
+def test_controls_use_their_own_recorded_seeds(study: Study) -> None:
+    rnd = max(study.branch_rounds())
+    trunk = mask_of(study, "rewind", rnd)
+    assert all(torch.equal(trunk[n], m) for n, m in mask_of(study, "reinit", rnd).items())
+    start, mask, _, extra = start_of(study, "reinit", rnd)
+    assert extra["init_seed"] == REINIT_SEED_OFFSET
+    assert_masked_equal(start, build_model(study.cfg.model, seed=REINIT_SEED_OFFSET).state_dict(), mask)
+
+    random = mask_of(study, "random_mask", rnd)
+    assert {n: int(m.sum()) for n, m in random.items()} == {n: int(m.sum()) for n, m in trunk.items()}
+    assert any(not torch.equal(random[n], trunk[n]) for n in trunk)
+    _, _, _, extra = start_of(study, "random_mask", rnd)
+    assert extra["mask_seed"] == RANDOM_MASK_SEED_OFFSET + rnd
+
+
+def test_tables_and_tickets_are_consistent(study: Study) -> None:
+    metrics = pd.read_csv(study.run_dir / "metrics.csv")
+    catalog = pd.read_csv(study.run_dir / "catalog.csv")
+    points = study.stages()
+    assert len(catalog) == len(points)
+    assert len(metrics) == len(points) * len(study.test_items())
+    assert set(metrics["config_hash"]) == {study.cfg.hash()}
+    for row in catalog.itertuples():
+        weights, mask, meta = tickets.load_ticket(study.run_dir / row.ticket)
+        assert meta["strategy"] == row.strategy and meta["round"] == row.round
+        final = state(study, row.strategy, row.round)
+        assert all(torch.equal(weights[n], final[n]) for n in final)
+        mean = metrics[(metrics["strategy"] == row.strategy) & (metrics["round"] == row.round)]
+        assert mean["psnr"].mean() == pytest.approx(row.mean_psnr)
+
+
+def test_another_config_in_the_same_folder_is_refused(study: Study) -> None:
+    other = load_config(SMOKE, overrides={"study": {"name": "lottery"}, "train": {"steps": 7}})
+    with pytest.raises(ConfigError, match="made with another configuration"):
+        Study(other, study.run_dir).prepare()
+
+
+def test_stages_out_of_order_fail_clearly(tmp_path: Path) -> None:
+    run = Study(load_config(SMOKE), tmp_path / "fresh")
+    with pytest.raises(ConfigError, match="has not been run yet"):
+        run.run_point(0, "rewind", 1)

@@ -1,0 +1,108 @@
+"""The smoke study end to end through ./run_all.sh and papermill, interrupted once and resumed."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from mirl_lib.config import load_config
+from mirl_lib.lottery import Study
+from mirl_lib.stages import stage_list
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "params" / "smoke.yaml"
+
+
+def run_all(results: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "run_all.sh"), str(SMOKE), "--results", str(results), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Start the smoke study, kill it once round 1 is done, then run it again to the end."""
+    results = tmp_path_factory.mktemp("results")
+    study = Study(load_config(SMOKE), results / "smoke")
+    proc = subprocess.Popen([str(REPO / "run_all.sh"), str(SMOKE), "--results", str(results),
+                             "--jobs", "1"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while not study.is_done(0, "rewind", 1) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert study.is_done(0, "rewind", 1), "the first run never finished round 1"
+    assert not (study.run_dir / "summary.md").exists()
+    second = run_all(results)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return study.run_dir, second.stdout
+
+
+def test_resumed_run_skips_finished_stages(smoke_run: tuple[Path, str]) -> None:
+    _, log = smoke_run
+    for stage in ("data", "dense", "round_01"):
+        assert f"{stage}: done already, skipped" in log
+    assert "round_03: finished" in log and "Study finished" in log
+
+
+def test_every_artifact_exists_and_is_consistent(smoke_run: tuple[Path, str]) -> None:
+    run_dir, _ = smoke_run
+    cfg = load_config(SMOKE)
+    study = Study(cfg, run_dir)
+    for name in ("config.yaml", "metrics.csv", "catalog.csv", "summary.md", "report.html",
+                 "data_preview.png", "figures/psnr_vs_remaining.png", "figures/layer_density.png",
+                 "figures/training_curves.png"):
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    expected_cols = {"seed", "strategy", "round", "remaining_all", "remaining_prunable", "task",
+                     "dataset", "image", "psnr", "ssim", "input_psnr", "input_ssim", "config_hash"}
+    assert expected_cols <= set(metrics.columns)
+    assert set(metrics["strategy"]) == {"dense", "rewind", *cfg.study.branches}
+    assert len(metrics) == len(study.stages()) * len(study.test_items())
+    assert set(metrics["task"]) == set(cfg.data.tasks)
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Answer" in summary
+    assert re.search(r"(matches|does not match) the dense network", summary)
+    for stage in stage_list(study):
+        suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}"
+                         for v in stage.parameters.values())
+        notebook = run_dir / "notebooks" / f"{Path(stage.notebook).stem}{suffix}.ipynb"
+        nb = nbformat.read(notebook, as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and str(SMOKE) in injected[0].source, notebook
+        assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64" in html
+    record = json.loads((study.point_dir(0, "rewind", 3) / "point.json").read_text())
+    assert record["remaining_prunable"] == pytest.approx(0.8 ** 3, abs=0.01)
+
+
+def test_force_moves_a_stage_aside_and_reruns_it(smoke_run: tuple[Path, str]) -> None:
+    run_dir, _ = smoke_run
+    before = pd.read_csv(run_dir / "seed_0" / "rewind" / "round_03" / "metrics.csv")
+    out = run_all(run_dir.parent, "--force", "round_03")
+    assert out.returncode == 0, out.stderr
+    assert "round_03: moved round_03.replaced-" in out.stdout
+    moved = list((run_dir / "seed_0" / "rewind").glob("round_03.replaced-*"))
+    assert len(moved) == 1 and (moved[0] / "final.pt").is_file()
+    after = pd.read_csv(run_dir / "seed_0" / "rewind" / "round_03" / "metrics.csv")
+    pd.testing.assert_frame_equal(before, after)  # same seeds, same numbers
+    assert "max |ΔPSNR| = 0.000 dB" in out.stdout
+
+
+def test_bad_params_fail_with_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    out = subprocess.run([str(REPO / "run_all.sh"), str(bad), "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: train: unknown key")
+    assert not any(tmp_path.glob("*/config.yaml"))

@@ -1,0 +1,134 @@
+"""Training loop: schedule, exact resume after interruption or crash, snapshots, stage skipping."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddp_worker import FakeSource
+from mirl_lib.checkpoints import load_model
+from mirl_lib.config import TrainConfig
+from mirl_lib.errors import CheckpointError, ConfigError
+from mirl_lib.model import build_model
+from mirl_lib.train import lr_factor, train
+
+CFG = TrainConfig(steps=8, batch_size=2, lr=1e-3, min_lr=1e-5, warmup_steps=2, device="cpu",
+                  checkpoint_every=3, log_every=2, threads=1)
+
+
+class CrashingSource(FakeSource):
+    """Raises once when asked for ``crash_at``, like a run killed mid-way."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__()
+        self.crash_at, self.calls = crash_at, []
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.calls.append(step)
+        if step == self.crash_at:
+            self.crash_at = -1
+            raise KeyboardInterrupt
+        return super().batch(step, batch_size, rank, world_size)
+
+
+def run(out: Path, cfg: TrainConfig = CFG, source: FakeSource | None = None, **kw):
+    model = build_model("tiny", seed=1)
+    return model, train(model, cfg, source or FakeSource(), out, seed=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory):
+    return run(tmp_path_factory.mktemp("ref"))
+
+
+def assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_schedule_warmup_then_cosine(reference) -> None:
+    assert [lr_factor(s, CFG) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_factor(CFG.steps, CFG) == pytest.approx(CFG.min_lr / CFG.lr)
+    mid = CFG.warmup_steps + (CFG.steps - CFG.warmup_steps) / 2
+    assert lr_factor(int(mid), CFG) == pytest.approx((1 + CFG.min_lr / CFG.lr) / 2)
+    _, result = reference
+    history = result.history
+    assert list(history["step"]) == [2, 4, 6, 8]
+    # lr logged at step s is the one used for global step s - 1
+    expected = [CFG.lr * lr_factor(s - 1, CFG) for s in history["step"]]
+    assert history["lr"].tolist() == pytest.approx(expected, rel=1e-9)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert result.final_step == CFG.steps and result.seconds > 0
+
+
+def test_outputs_and_stage_skipping(tmp_path: Path, reference) -> None:
+    model, result = run(tmp_path, snapshot_steps=(0, 5))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["final.pt", "history.csv", "state.pt", "weights_step0.pt", "weights_step5.pt"]
+    assert_same(model, reference[0])
+    assert_same(load_model(tmp_path / "weights_step0.pt")[0], build_model("tiny", seed=1))
+    final, meta = load_model(tmp_path / "final.pt")
+    assert_same(final, model) and meta["final_step"] == CFG.steps
+    source = CrashingSource(crash_at=0)
+    again, skipped = run(tmp_path, source=source)
+    assert source.calls == []
+    assert_same(again, model)
+    assert skipped.history.equals(result.history) and skipped.final_step == CFG.steps
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path: Path, reference) -> None:
+    model, partial = run(tmp_path, stop_after=5)
+    assert partial.final_step == 5 and not (tmp_path / "final.pt").exists()
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 5
+    source = CrashingSource(crash_at=-1)
+    model, result = run(tmp_path, source=source)
+    assert source.calls == [5, 6, 7]
+    assert_same(model, reference[0])
+    assert result.history.equals(reference[1].history)
+
+
+def test_crashed_run_resumes_from_last_checkpoint(tmp_path: Path, reference) -> None:
+    source = CrashingSource(crash_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, source=source)
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 3
+    source.calls.clear()
+    model, result = run(tmp_path, source=source)
+    assert source.calls == [3, 4, 5, 6, 7]
+    assert_same(model, reference[0])
+    assert result.history.equals(reference[1].history)
+
+
+def test_late_rewind_start_step(tmp_path: Path) -> None:
+    source = CrashingSource(crash_at=-1)
+    _, result = run(tmp_path, source=source, start_step=4)
+    assert source.calls == [4, 5, 6, 7]
+    assert result.history["lr"].iloc[0] == pytest.approx(CFG.lr * lr_factor(5, CFG))
+
+
+def test_resume_refuses_a_changed_run(tmp_path: Path) -> None:
+    run(tmp_path, stop_after=3)
+    with pytest.raises(CheckpointError, match=r"state\.pt.*lr="):
+        run(tmp_path, cfg=dataclasses.replace(CFG, lr=5e-4))
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="start_step"):
+        run(tmp_path, start_step=CFG.steps)
+    with pytest.raises(ConfigError, match="log_every"):
+        run(tmp_path, cfg=dataclasses.replace(CFG, log_every=0))
+    assert not any(tmp_path.iterdir())
+
+
+def test_mask_keeps_pruned_weights_zero(tmp_path: Path) -> None:
+    model = build_model("tiny", seed=1)
+    mask = {name: torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+            for name, p in model.named_parameters() if p.dim() == 4}
+    train(model, dataclasses.replace(CFG, steps=4), FakeSource(), tmp_path, seed=0, mask=mask)
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        assert torch.count_nonzero(params[name].detach()[~keep]) == 0, name
+    assert math.isfinite(float(params["output.weight"].detach().abs().sum()))
