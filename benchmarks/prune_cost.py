@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mirl_lib.masks import full_mask, write_atomic  # noqa: E402
+from mirl_lib.checkpoints import atomic_write_text  # noqa: E402
+from mirl_lib.masks import full_mask  # noqa: E402
 from mirl_lib.model import build_model, count_parameters  # noqa: E402
 from mirl_lib.pruning import global_magnitude, layerwise_magnitude, random_mask  # noqa: E402
 from mirl_lib.tickets import export_ticket, load_ticket  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
         print(f"ticket at 10% of prunable: {ticket.stat().st_size / dense.stat().st_size:.1%} "
               "of the dense state_dict file")
     table = pd.DataFrame(rows)
-    write_atomic(args.out, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write_text(table.to_csv(index=False), args.out)
     print(f"wrote {args.out}")
 
 

@@ -93,17 +93,19 @@ def save_weights(model: PromptIR, path: str | Path, meta: dict[str, Any] | None 
                        "state_dict": cpu_state_dict(net), "meta": dict(meta or {})}, path)
 
 
-def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``; unreadable files raise ``CheckpointError``."""
+def torch_load(path: str | Path, map_location: str | torch.device = "cpu",
+               kind: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``; a missing or unreadable file raises
+    ``CheckpointError`` naming the file and the ``kind`` of file expected."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: {kind} file not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt, truncated or foreign files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt, truncated, or holding objects that "
+            f"{path}: not a readable {kind} (corrupt, truncated, or holding objects that "
             f"weights_only=True refuses): {reason}") from None
 
 

@@ -40,11 +40,15 @@ def psnr_vs_remaining(metrics: pd.DataFrame, path: Path) -> Path:
                        style="strategy", style_order=hue_order, markers=True, dashes=False,
                        errorbar="sd", palette="tab10")
     dense = means[means["strategy"] == LABELS["dense"]].groupby("task")["psnr"].mean()
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t >= 0.8 * sparse["remaining %"].min()]
     for task, ax in zip(tasks, grid.axes.flat):
         ax.axhline(dense[task], color="black", ls="--", lw=1, label="dense")
         ax.set_xscale("log")
-        ax.invert_xaxis()
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_ylabel("PSNR (dB)")
+    # the x axes are shared: set the (reversed) limits once, dense at the left
+    grid.axes.flat[0].set_xlim(110, 0.9 * sparse["remaining %"].min())
     handles, labels = grid.axes.flat[-1].get_legend_handles_labels()
     grid.figure.legend(handles, labels, loc="lower center", ncol=len(labels),
                        bbox_to_anchor=(0.5, -0.04), frameon=False)
@@ -54,8 +58,8 @@ def psnr_vs_remaining(metrics: pd.DataFrame, path: Path) -> Path:
 
 
 def layer_density(report: pd.DataFrame, path: Path, title: str) -> Path:
-    """Per-layer density of a mask (its density report), one bar per pruned tensor."""
-    data = report.copy()
+    """Per-layer density of a mask (its density report), one bar per prunable tensor."""
+    data = report[report["prunable"]].copy() if "prunable" in report else report.copy()
     data["layer"] = data["name"].str.replace(".weight", "", regex=False)
     height = max(4.0, 0.12 * len(data))
     fig, ax = plt.subplots(figsize=(8, height))

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -118,14 +120,14 @@ class Study:
         self.prepare()
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        model, mask, start_step, extra = self._start(seed, strategy, rnd, folder)
-        snapshots = (self.cfg.prune.late_rewind_step,) if strategy == "dense" and \
-            "late_rewind" in self.cfg.study.branches and self.cfg.prune.late_rewind_step else ()
-        result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed), folder,
-                       seed=seed, mask=mask, start_step=start_step, snapshot_steps=snapshots,
-                       progress_desc=f"seed {seed} {strategy} r{rnd}")
-        record = self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra)
-        return record
+        with _threads(self.cfg.train.threads):  # evaluation too, not only training
+            model, mask, start_step, extra = self._start(seed, strategy, rnd, folder)
+            late = strategy == "dense" and "late_rewind" in self.cfg.study.branches
+            snapshots = (self.cfg.prune.late_rewind_step,) if late else ()
+            result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed), folder,
+                           seed=seed, mask=mask, start_step=start_step, snapshot_steps=snapshots,
+                           progress_desc=f"seed {seed} {strategy} r{rnd}")
+            return self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra)
 
     def _start(self, seed: int, strategy: str, rnd: int, folder: Path
                ) -> tuple[torch.nn.Module, masks.Mask, int, dict]:
@@ -248,6 +250,18 @@ class Study:
                                   "remaining_prunable", "ticket", "mean_psnr"]]
         checkpoints.atomic_write_text(catalog.to_csv(index=False), self.run_dir / "catalog.csv")
         return metrics
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Use ``count`` torch threads inside the block (0 = leave as is)."""
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _previous(strategy: str, rnd: int) -> tuple[str, int]:

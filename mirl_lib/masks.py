@@ -7,36 +7,19 @@ exactly zero during training with gradient hooks instead.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
+from mirl_lib.checkpoints import atomic_torch_save, atomic_write_text, torch_load
 from mirl_lib.errors import CheckpointError, ConfigError
 from mirl_lib.model import UNUSED_PARAMETER_PREFIXES
 
 Mask = dict[str, torch.Tensor]
 
 SCOPES: tuple[str, ...] = ("default", "reference")
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def prunable_names(model: nn.Module, scope: str = "default") -> list[str]:
@@ -111,22 +94,16 @@ def save_mask(mask: Mask, path: str | Path, model: nn.Module | None = None) -> P
     """Save ``mask`` (``torch.save`` of CPU bool tensors) and ``<stem>_report.csv`` beside it."""
     path = Path(path)
     data = {n: m.detach().to("cpu", torch.bool).contiguous() for n, m in mask.items()}
-    write_atomic(path, lambda tmp: torch.save(data, tmp))
+    atomic_torch_save(data, path)
     report = density_report(mask, model)
-    write_atomic(path.with_name(f"{path.stem}_report.csv"),
-                 lambda tmp: report.to_csv(tmp, index=False))
+    atomic_write_text(report.to_csv(index=False), path.with_name(f"{path.stem}_report.csv"))
     return path
 
 
 def load_mask(path: str | Path) -> Mask:
     """Load a mask saved by ``save_mask``; anything but a dict of bool tensors is a ``CheckpointError``."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: mask file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for unreadable files
-        raise CheckpointError(f"{path}: not a readable mask file ({exc})") from None
+    data = torch_load(path, kind="mask")
     if not isinstance(data, dict) or not data:
         raise CheckpointError(f"{path}: a mask file holds a non-empty dict of bool tensors")
     for name, keep in data.items():

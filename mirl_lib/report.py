@@ -80,6 +80,7 @@ def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "") -> str:
     lines = [f"# {title}", "", notes, "", "## Answer", "", verdict(stats), ""]
 
     dense = stats[stats["strategy"] == "dense"].set_index("task")
+    dense = dense.loc[sorted(dense.index, key=lambda t: (t == "all", t))]
     lines += ["## Dense network against the degraded inputs (PSNR dB / SSIM)", "",
               "| task | input PSNR | dense PSNR | gain | dense SSIM |", "|---|---|---|---|---|"]
     for task, row in dense.iterrows():

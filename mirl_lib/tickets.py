@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mirl_lib.checkpoints import atomic_torch_save, torch_load
 from mirl_lib.errors import CheckpointError
-from mirl_lib.masks import Mask, write_atomic
+from mirl_lib.masks import Mask
 
 FORMAT = "mirl-ticket"
 VERSION = 1
@@ -62,18 +63,14 @@ def export_ticket(state_dict: Mapping[str, torch.Tensor], mask: Mask, path: str 
         "dense": {n: t.detach().cpu().contiguous() for n, t in state_dict.items() if n not in mask},
         "meta": meta,
     }
-    return write_atomic(path, lambda tmp: torch.save(ticket, tmp))
+    atomic_torch_save(ticket, path)
+    return Path(path)
 
 
 def load_ticket(path: str | Path) -> tuple[dict[str, torch.Tensor], Mask, dict[str, Any]]:
     """Read a ticket: ``(dense state_dict with pruned entries zero, mask, meta)``."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: ticket file not found")
-    try:
-        ticket = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for unreadable files
-        raise CheckpointError(f"{path}: not a readable ticket file ({exc})") from None
+    ticket = torch_load(path, kind="ticket")
     if not isinstance(ticket, dict) or ticket.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mirl ticket (no format {FORMAT!r})")
     if ticket.get("version") != VERSION:

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
@@ -193,6 +194,14 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
             dist.destroy_process_group()
 
 
+def _set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
+    """Lay out the 4-D (convolution) weights in ``memory_format``; ``Module.to`` cannot, since the
+    prompt parameters are 5-D."""
+    for param in model.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=memory_format)
+
+
 def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, ctx: _Dist, *,
          seed: int, mask: dict[str, torch.Tensor] | None, start_step: int,
          snapshot_steps: tuple[int, ...], progress_desc: str, stop_after: int | None
@@ -200,7 +209,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
     device = _train_device(cfg.device, ctx)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format).train()
+    model.to(device=device).train()
+    _set_memory_format(model, memory_format)
     enforcer = None
     if mask is not None:
         from mirl_lib.masks import MaskEnforcer
@@ -295,5 +305,5 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
                       "start_step": start_step, "train_config": dataclasses.asdict(cfg)})
     if ctx.world_size > 1:
         dist.barrier()
-    model.to(memory_format=torch.contiguous_format)
+    _set_memory_format(model, torch.contiguous_format)
     return TrainResult(frame, done, seconds)

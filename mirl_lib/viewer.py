@@ -29,6 +29,7 @@ from PIL import Image
 
 from mirl_lib import checkpoints, data, images, protocol, restore
 from mirl_lib.config import load_config
+from mirl_lib.device import resolve_device
 from mirl_lib.errors import ConfigError, DataError, MirlError
 
 CATALOG_COLUMNS: tuple[str, ...] = (
@@ -41,7 +42,8 @@ PREVIEW_MAX_SIDE = 1024
 
 
 class RunCatalog:
-    """The restorable points of a run folder, read from ``<run_dir>/catalog.csv``."""
+    """The restorable points of a run folder: the rows of ``<run_dir>/catalog.csv`` whose ticket
+    file exists."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -54,7 +56,8 @@ class RunCatalog:
             raise DataError(f"{path}: not a readable CSV ({exc})") from None
         missing = [c for c in CATALOG_COLUMNS if c not in frame.columns]
         if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; expected {list(CATALOG_COLUMNS)}")
+            raise DataError(f"{path}: missing column(s) {missing}; "
+                            f"expected {list(CATALOG_COLUMNS)}")
         if frame.empty:
             raise DataError(f"{path}: the catalog has no rows")
         if frame[list(CATALOG_COLUMNS)].isna().any().any():
@@ -66,6 +69,10 @@ class RunCatalog:
                                   "strategy": str, "ticket": str})
         except ValueError as exc:
             raise DataError(f"{path}: a column has values of the wrong type ({exc})") from None
+        # A clone holds only the committed tickets: offer the points whose ticket is on disk.
+        frame = frame[[(self.run_dir / t).is_file() for t in frame["ticket"]]]
+        if frame.empty:
+            raise DataError(f"{path}: none of the catalog's ticket files exist under {self.run_dir}")
         rank = {s: i for i, s in enumerate(STRATEGY_ORDER)}
         frame["_order"] = frame["strategy"].map(lambda s: rank.get(s, len(rank)))
         self.frame = (frame.sort_values(["seed", "_order", "strategy", "round"], kind="stable")
@@ -146,7 +153,7 @@ def zoom_pair(before: np.ndarray, restored: np.ndarray, box: tuple[int, int, int
 
 
 def download_link(img: np.ndarray, filename: str) -> str:
-    """An HTML anchor that downloads ``img`` as a PNG from a ``data:`` URI (works in exported HTML)."""
+    """An HTML anchor downloading ``img`` as a PNG from a ``data:`` URI (works in exported HTML)."""
     payload = base64.b64encode(png_bytes(img)).decode("ascii")
     return (f'<a download="{html.escape(filename)}" href="data:image/png;base64,{payload}">'
             f"Download {html.escape(filename)}</a>")
@@ -160,18 +167,18 @@ def _preview(img: np.ndarray) -> np.ndarray:
 
 
 class RestoreCache:
-    """Restored images keyed by (ticket file, input image, tiling): memory LRU, optional ``.npy`` dir.
+    """Restored images keyed by ticket file, input image and tiling: memory LRU, ``.npy`` on disk.
 
     Models are loaded lazily (``checkpoints.load_model``) and the last few are kept in memory.
     """
 
-    def __init__(self, cache_dir: str | Path | None = None, device: str = "cpu",
+    def __init__(self, cache_dir: str | Path | None = None, device: str = "auto",
                  tile: int = 256, overlap: int = 32, max_images: int = 64,
                  max_models: int = 2) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.device, self.tile, self.overlap = device, tile, overlap
+        self.device, self.tile, self.overlap = resolve_device(device), tile, overlap
         self.max_images, self.max_models = max_images, max_models
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._models: OrderedDict[Path, Any] = OrderedDict()
@@ -185,7 +192,8 @@ class RestoreCache:
         blob = json.dumps({"ticket": str(ticket.resolve()), "size": st.st_size,
                            "mtime_ns": st.st_mtime_ns, "shape": list(img.shape),
                            "image": hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest(),
-                           "tile": self.tile, "overlap": self.overlap}, sort_keys=True)
+                           "tile": self.tile, "overlap": self.overlap,
+                           "device": self.device.type}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def restored(self, ticket: Path, img: np.ndarray) -> np.ndarray:
@@ -225,7 +233,7 @@ class Viewer:
     """Before/after viewer over the test set of a run folder and the tickets of its catalog."""
 
     def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None,
-                 device: str = "cpu", tile: int = 256, overlap: int = 32) -> None:
+                 device: str = "auto", tile: int = 256, overlap: int = 32) -> None:
         self.run_dir = Path(run_dir)
         self.catalog = RunCatalog(self.run_dir)
         self.config = load_config(self.run_dir / "config.yaml")
@@ -429,10 +437,8 @@ class Viewer:
             "before": self.before.value, "wipe": self.wipe.value,
             "x": self.x.value, "y": self.y.value, "zoom": self.zoom.value,
             "error": shown.get("error"),
-            "psnr_degraded": shown.get("psnr_degraded"), "ssim_degraded": shown.get("ssim_degraded"),
-            "psnr_restored": shown.get("psnr_restored"), "ssim_restored": shown.get("ssim_restored"),
-            "restored": shown.get("restored"), "composed": shown.get("composed"),
-            "zoomed": shown.get("zoomed"), "box": shown.get("box"),
+            **{k: shown.get(k) for k in ("psnr_degraded", "ssim_degraded", "psnr_restored",
+                                         "ssim_restored", "restored", "composed", "zoomed", "box")},
             "stats_html": self.stats.value,
             "png_sha256": hashlib.sha256(self.main_image.value).hexdigest(),
             "zoom_png_sha256": hashlib.sha256(self.zoom_image.value).hexdigest(),
@@ -442,7 +448,7 @@ class Viewer:
 class UploadPanel:
     """Restore your own photo with a ticket of the run; errors are shown in the panel."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", tile: int = 256,
+    def __init__(self, run_dir: str | Path, device: str = "auto", tile: int = 256,
                  overlap: int = 32) -> None:
         self.catalog = RunCatalog(run_dir)
         self.cache = RestoreCache(None, device=device, tile=tile, overlap=overlap, max_images=4)
@@ -476,7 +482,7 @@ class UploadPanel:
             self.load_bytes(bytes(files[0]["content"]), files[0]["name"])
 
     def load_bytes(self, content: bytes, name: str = "upload.png") -> dict[str, Any]:
-        """Restore an uploaded file's bytes (read through ``images.read_rgb``); returns ``state()``."""
+        """Restore an upload's bytes (read through ``images.read_rgb``); returns ``state()``."""
         self._name, self._data = Path(name).name, content
         self._run()
         return self.state()
@@ -504,7 +510,7 @@ class UploadPanel:
         self._compose()
 
     def _read(self) -> np.ndarray:
-        """The upload through ``images.read_rgb`` (same validation as the CLI), named as uploaded."""
+        """The upload read by ``images.read_rgb`` (the CLI's validation), named as uploaded."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{Path(self._name).suffix.lower() or '.png'}"
             path.write_bytes(self._data)

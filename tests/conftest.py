@@ -1,6 +1,7 @@
 """Fixtures for the viewer tests: a small finished run folder built from the tiny preset."""
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -55,9 +56,19 @@ def _build_run(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def viewer_make_run() -> Callable[[Path], Path]:
-    """A builder: ``viewer_make_run(root)`` writes a small run under ``root/results/default``."""
-    return _build_run
+def viewer_make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """A builder: ``viewer_make_run(root)`` puts a small run at ``root/results/default``.
+
+    The run is built once per session and copied (with file times) for each caller.
+    """
+    template = _build_run(tmp_path_factory.mktemp("viewer_template"))
+
+    def make(root: Path) -> Path:
+        run = root / "results" / "default"
+        shutil.copytree(template, run)
+        return run
+
+    return make
 
 
 @pytest.fixture

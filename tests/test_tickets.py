@@ -55,6 +55,23 @@ def test_ticket_at_ten_percent_is_small(tmp_path: Path) -> None:
     assert ratio <= 0.15, ratio
 
 
+def test_paper_ticket_at_ten_percent_of_all_parameters_is_small(tmp_path: Path) -> None:
+    """The published sparsity: 15 rounds of 20% (reference scope) leave 10.0% of all parameters."""
+    from mirl_lib.masks import full_mask, sparsity
+    from mirl_lib.model import build_model
+    from mirl_lib.pruning import oneshot_mask, remaining_after
+
+    model = build_model("paper", seed=0)
+    state = model.state_dict()
+    full = full_mask(model, "reference")
+    mask = oneshot_mask({n: state[n] for n in full}, full, remaining_after(15, 0.2))
+    assert abs(sparsity(mask, model)["remaining_all"] - 0.10) < 0.001
+    torch.save(state, tmp_path / "dense.pt")
+    ticket = export_ticket(state, mask, tmp_path / "ticket.mirl", META)
+    ratio = ticket.stat().st_size / (tmp_path / "dense.pt").stat().st_size
+    assert ratio <= 0.15, ratio
+
+
 def test_bad_meta_is_rejected(tmp_path: Path) -> None:
     state, mask = ticket_of("tiny", 0.5)
     with pytest.raises(CheckpointError, match=r"meta.model.shape\[1\]"):

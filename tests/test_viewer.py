@@ -56,8 +56,18 @@ def test_catalog_reads_orders_and_labels(viewer_run: Path) -> None:
     rows = cat.points(0, "rewind")
     assert [int(cat.row(i)["round"]) for i in rows] == [1, 2]
     assert cat.ticket_path(rows[0]).is_file()
-    assert "remaining" in cat.label(rows[0]) and f"{100 * cat.row(rows[0])['remaining_prunable']:.1f}%" \
-        in cat.label(rows[0])
+    percent = f"{100 * cat.row(rows[0])['remaining_prunable']:.1f}% remaining"
+    assert cat.label(rows[0]).startswith(f"round 1 - {percent}")
+
+
+def test_catalog_offers_only_points_whose_ticket_is_on_disk(viewer_run: Path) -> None:
+    (viewer_run / "seed_0" / "rewind" / "round_01" / "ticket.mirl").unlink()
+    cat = RunCatalog(viewer_run)
+    assert [int(cat.row(i)["round"]) for i in cat.points(0, "rewind")] == [2]
+    for ticket in viewer_run.glob("seed_*/*/round_*/ticket.mirl"):
+        ticket.unlink()
+    with pytest.raises(DataError, match="none of the catalog's ticket files exist"):
+        RunCatalog(viewer_run)
 
 
 def test_catalog_errors_name_file_and_column(tmp_path: Path, viewer_run: Path) -> None:
@@ -65,7 +75,8 @@ def test_catalog_errors_name_file_and_column(tmp_path: Path, viewer_run: Path) -
         RunCatalog(tmp_path / "nowhere")
     frame = pd.read_csv(viewer_run / "catalog.csv").drop(columns=["remaining_prunable"])
     frame.to_csv(viewer_run / "catalog.csv", index=False)
-    with pytest.raises(DataError, match=r"catalog.csv: missing column\(s\) \['remaining_prunable'\]"):
+    with pytest.raises(DataError,
+                       match=r"catalog.csv: missing column\(s\) \['remaining_prunable'\]"):
         RunCatalog(viewer_run)
     frame.assign(remaining_prunable="lots").to_csv(viewer_run / "catalog.csv", index=False)
     with pytest.raises(DataError, match="wrong type"):
@@ -227,10 +238,10 @@ def test_notebook_executes_and_exports_widget_state(viewer_run: Path, tmp_path: 
     nb = papermill.execute_notebook(
         str(nb_dir / "viewer.ipynb"), str(out), cwd=str(nb_dir), progress_bar=False,
         kernel_name="python3", parameters={"cache_dir": str(tmp_path / "cache")})
-    assert list((tmp_path / "cache").glob("*.npy")), "the default run_dir ../results/default was used"
+    assert list((tmp_path / "cache").glob("*.npy")), "default run_dir ../results/default not used"
     body, _ = HTMLExporter().from_notebook_node(nb)
-    scripts = re.findall(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>',
-                         body, flags=re.S)
+    scripts = re.findall(
+        r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>', body, re.S)
     assert scripts, "exported HTML has no widget state"
     state = json.loads(scripts[0])["state"]
     pngs = [base64.b64decode(buf["data"]) for m in state.values()
