@@ -119,6 +119,7 @@ class TrainConfig:
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "train.device", "must be auto, cpu, cuda, cuda:N or mps")
         _require(self.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
+        _require(self.log_every > 0, "train.log_every", "must be positive")
 
 
 @dataclass(frozen=True)

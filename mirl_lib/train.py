@@ -171,8 +171,6 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
     training device.
     """
     out_dir = Path(out_dir)
-    if cfg.log_every <= 0:
-        raise ConfigError(f"train.log_every: must be positive, got {cfg.log_every}")
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     if (out_dir / FINAL_FILE).is_file():

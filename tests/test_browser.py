@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
+
+from mirl_lib.checkpoints import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -116,17 +117,6 @@ def _shot(locator) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(float)
 
 
-def _save_atomic(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 IMAGE_READY = """(sel) => { const i = document.querySelector(sel);
     return i !== null && i.complete && i.naturalWidth > 0
         && i.getBoundingClientRect().width > 0; }"""
@@ -164,7 +154,7 @@ def test_viewer_renders_and_wipe_moves_in_chromium(lab: tuple[str, str]) -> None
             viewer.scroll_into_view_if_needed()
             page.wait_for_timeout(500)  # let the layout settle before the screenshot
             before = _shot(page.locator(main))
-            _save_atomic(viewer.screenshot(), SCREENSHOT)
+            atomic_write_bytes(viewer.screenshot(), SCREENSHOT)
             old_src = page.locator(main).get_attribute("src")
             handle = page.locator(".mirl-viewer-wipe .noUi-handle").first
             handle.focus()
