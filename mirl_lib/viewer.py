@@ -332,7 +332,8 @@ class Viewer:
                 strategies = self.catalog.strategies(self.seed.value)
                 current = self.strategy.value
                 self.strategy.options = strategies
-                self.strategy.value = current if current in strategies else strategies[0]
+                first = "rewind" if "rewind" in strategies else strategies[0]  # the MIR-L ticket
+                self.strategy.value = current if current in strategies else first
             rows = self.catalog.points(self.seed.value, self.strategy.value)
             self.point.options = [(self.catalog.label(i), i) for i in rows]
             self.point.value = rows[-1]

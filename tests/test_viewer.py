@@ -140,12 +140,16 @@ def test_zoom_crop_is_source_region_upscaled(viewer_run: Path) -> None:
 def test_every_control_changes_what_is_shown(viewer_run: Path) -> None:
     v = Viewer(viewer_run)
     first = v.state()
-    assert (first["task"], first["seed"], first["strategy"]) == ("denoise_25", 0, "dense")
+    # opens on the sparsest MIR-L ticket
+    assert (first["task"], first["seed"], first["strategy"], first["round"]) == (
+        "denoise_25", 0, "rewind", 2)
     s = v.set(image=v.items["denoise_25"][1].name)
     assert s["image"] != first["image"] and s["png_sha256"] != first["png_sha256"]
     s = v.set(task="derain")
     assert s["task"] == "derain" and s["image"] == v.items["derain"][0].name
     assert not np.array_equal(s["restored"], first["restored"])
+    dense = v.set(strategy="dense")
+    assert dense["round"] == 0 and not np.array_equal(dense["restored"], s["restored"])
     s = v.set(strategy="rewind")
     assert (s["strategy"], s["round"]) == ("rewind", 2)  # the sparsest point by default
     assert [label for label, _ in v.point.options][0].startswith("round 1 - 50")
