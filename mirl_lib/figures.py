@@ -58,12 +58,15 @@ def psnr_vs_remaining(metrics: pd.DataFrame, path: Path) -> Path:
 
 
 def layer_density(report: pd.DataFrame, path: Path, title: str) -> Path:
-    """Per-layer density of a mask (its density report), one bar per prunable tensor."""
+    """Per-layer density of a mask (its density report), one bar per prunable tensor.
+
+    A report holding several seeds' masks (concatenated) shows their mean and standard deviation.
+    """
     data = report[report["prunable"]].copy() if "prunable" in report else report.copy()
     data["layer"] = data["name"].str.replace(".weight", "", regex=False)
-    height = max(4.0, 0.12 * len(data))
+    height = max(4.0, 0.12 * data["layer"].nunique())
     fig, ax = plt.subplots(figsize=(8, height))
-    sns.barplot(data=data, y="layer", x="density", color="tab:blue", ax=ax)
+    sns.barplot(data=data, y="layer", x="density", color="tab:blue", errorbar="sd", ax=ax)
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of weights kept")
     ax.set_ylabel("")
@@ -73,11 +76,12 @@ def layer_density(report: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def training_curves(histories: pd.DataFrame, path: Path) -> Path:
-    """Training loss against step, one line per round, one panel per strategy."""
+    """Training loss against step, one line per round, one panel per strategy (with several
+    seeds: their mean, and one standard deviation as a band)."""
     data = histories.copy()
     data["strategy"] = data["strategy"].map(LABELS)
     grid = sns.relplot(data=data, x="step", y="loss", hue="round", col="strategy", col_wrap=3,
-                       kind="line", palette="viridis", height=2.8, aspect=1.3, errorbar=None,
+                       kind="line", palette="viridis", height=2.8, aspect=1.3, errorbar="sd",
                        facet_kws={"sharey": True})
     for ax in grid.axes.flat:
         ax.set_yscale("log")

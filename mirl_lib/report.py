@@ -89,12 +89,14 @@ def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "") -> str:
 
     lines += ["", "## All-in-one PSNR (dB) by strategy and remaining parameters", "",
               "Remaining = % of all parameters (unpruned ones counted).", ""]
-    table = overall.pivot_table(index="remaining", columns="strategy", values="psnr")
+    overall["cell"] = [_cell(row) for row in overall.itertuples()]
+    table = overall.pivot_table(index="remaining", columns="strategy", values="cell",
+                                aggfunc="first")
     table = table.sort_index(ascending=False)[[s for s in strategies if s in table.columns]]
     lines.append("| remaining % | " + " | ".join(LABELS[s] for s in table.columns) + " |")
     lines.append("|---" * (len(table.columns) + 1) + "|")
     for rem, row in table.iterrows():
-        cells = ["" if np.isnan(v) else f"{v:.2f}" for v in row.to_numpy()]
+        cells = ["" if not isinstance(v, str) else v for v in row.to_numpy()]
         lines.append(f"| {rem:.1f} | " + " | ".join(cells) + " |")
 
     branch_rounds = sorted(set(stats[stats["strategy"].isin(["oneshot", "reinit", "random_mask"])]
