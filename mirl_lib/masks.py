@@ -7,6 +7,7 @@ exactly zero during training with gradient hooks instead.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd

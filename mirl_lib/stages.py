@@ -61,10 +61,9 @@ def stage_list(study: Study) -> list[Stage]:
 
 
 def stage_done(study: Study, stage: Stage) -> bool:
-    """A stage with points is done when all of them are, for every seed; others always rerun."""
-    if not stage.points:
-        return stage.name == "data" and (study.run_dir / "data_preview.png").is_file()
-    return all(study.is_done(seed, s, r) for seed in study.cfg.study.seeds for s, r in stage.points)
+    """A stage with points is done when all of them are, for every seed. The others (data
+    preview, evaluation, figures) take seconds and always rerun, so a fresh clone redoes them."""
+    return bool(stage.points) and all(study.is_done(seed, s, r) for seed in study.cfg.study.seeds for s, r in stage.points)
 
 
 def move_aside(study: Study, stage: Stage) -> list[Path]:
