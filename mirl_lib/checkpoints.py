@@ -93,7 +93,7 @@ def save_weights(model: PromptIR, path: str | Path, meta: dict[str, Any] | None 
                        "state_dict": cpu_state_dict(net), "meta": dict(meta or {})}, path)
 
 
-def torch_load(path: str | Path, map_location: str | torch.device = "cpu",
+def load_tensors(path: str | Path, map_location: str | torch.device = "cpu",
                kind: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)``; a missing or unreadable file raises
     ``CheckpointError`` naming the file and the ``kind`` of file expected."""
@@ -120,7 +120,7 @@ def _read(path: Path, expected: ModelConfig | None
         state, mask, meta = load_ticket(path)
         cfg = _stored_config(path, meta.get("model_config"))
         return cfg, state, {**meta, "format": "ticket", "mask": mask}
-    obj = torch_load(path)
+    obj = load_tensors(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: unknown checkpoint format (a {type(obj).__name__}, "
                               "not a dict)")

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mirl_lib.checkpoints import atomic_torch_save, atomic_write_text, torch_load
+from mirl_lib.checkpoints import atomic_torch_save, atomic_write_text, load_tensors
 from mirl_lib.errors import CheckpointError, ConfigError
 from mirl_lib.model import UNUSED_PARAMETER_PREFIXES
 
@@ -104,7 +104,7 @@ def save_mask(mask: Mask, path: str | Path, model: nn.Module | None = None) -> P
 def load_mask(path: str | Path) -> Mask:
     """Load a mask saved by ``save_mask``; anything but a dict of bool tensors is a ``CheckpointError``."""
     path = Path(path)
-    data = torch_load(path, kind="mask")
+    data = load_tensors(path, kind="mask")
     if not isinstance(data, dict) or not data:
         raise CheckpointError(f"{path}: a mask file holds a non-empty dict of bool tensors")
     for name, keep in data.items():

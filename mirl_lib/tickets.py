@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirl_lib.checkpoints import atomic_torch_save, torch_load
+from mirl_lib.checkpoints import atomic_torch_save, load_tensors
 from mirl_lib.errors import CheckpointError
 from mirl_lib.masks import Mask
 
@@ -70,7 +70,7 @@ def export_ticket(state_dict: Mapping[str, torch.Tensor], mask: Mask, path: str 
 def load_ticket(path: str | Path) -> tuple[dict[str, torch.Tensor], Mask, dict[str, Any]]:
     """Read a ticket: ``(dense state_dict with pruned entries zero, mask, meta)``."""
     path = Path(path)
-    ticket = torch_load(path, kind="ticket")
+    ticket = load_tensors(path, kind="ticket")
     if not isinstance(ticket, dict) or ticket.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mirl ticket (no format {FORMAT!r})")
     if ticket.get("version") != VERSION:

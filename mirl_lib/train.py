@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from mirl_lib.checkpoints import (atomic_torch_save, atomic_write_text, cpu_state_dict, load_into,
-                                  save_weights, torch_load)
+                                  load_tensors, save_weights)
 from mirl_lib.config import TrainConfig
 from mirl_lib.device import resolve_device
 from mirl_lib.errors import CheckpointError, ConfigError
@@ -221,7 +221,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
     state_path = out_dir / STATE_FILE
     done, history, seconds, loss_sum, loss_count = start_step, [], 0.0, 0.0, 0
     if state_path.is_file():
-        state = torch_load(state_path)
+        state = load_tensors(state_path)
         _check_resumable(state_path, state, identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
