@@ -86,11 +86,13 @@ class Study:
         if self._plan is None:
             model = build_model(self.cfg.model)
             mask = masks.full_mask(model, self.cfg.prune.scope)
-            weights = {n: torch.ones(m.shape) for n, m in mask.items()}
+            # distinct magnitudes within each tensor: a planning round prunes exact counts
+            proxy = {n: torch.arange(1, m.numel() + 1, dtype=torch.float32).reshape(m.shape)
+                     for n, m in mask.items()}
             rows = []
             for rnd in range(self.cfg.prune.rounds + 1):
                 if rnd:
-                    mask = pruning.prune(_rank_proxy(weights, mask), mask, self.cfg.prune)
+                    mask = pruning.prune(proxy, mask, self.cfg.prune)
                 rows.append({"round": rnd, **masks.sparsity(mask, model)})
             self._plan = pd.DataFrame(rows)
         return self._plan
@@ -187,8 +189,7 @@ class Study:
     def _finish(self, seed: int, strategy: str, rnd: int, folder: Path, model: torch.nn.Module,
                 mask: masks.Mask, result, started: float, extra: dict) -> dict:
         cfg = self.cfg
-        state = _load_state(folder / "final.pt", cfg)
-        model.load_state_dict(state)
+        state = checkpoints.cpu_state_dict(model)  # train() leaves the final weights in model
         frac = masks.sparsity(mask, model)
         scores = evaluate(model, self.test_items(), device=str(resolve_device(cfg.train.device)))
         scores.insert(0, "seed", seed)
@@ -230,12 +231,9 @@ class Study:
 
     def histories(self) -> pd.DataFrame:
         """Every point's training curve with its seed, strategy and round."""
-        frames = []
-        for path in sorted(self.run_dir.glob("seed_*/**/point.json")):
-            record = json.loads(path.read_text())
-            history = pd.read_csv(path.parent / "history.csv")
-            frames.append(history.assign(seed=record["seed"], strategy=record["strategy"],
-                                         round=record["round"]))
+        frames = [pd.read_csv(self.point_dir(r.seed, r.strategy, r.round) / "history.csv")
+                  .assign(seed=r.seed, strategy=r.strategy, round=r.round)
+                  for r in self.records().itertuples()]
         return pd.concat(frames, ignore_index=True)
 
     def collect(self) -> pd.DataFrame:
@@ -267,12 +265,6 @@ def _threads(count: int) -> Iterator[None]:
 def _previous(strategy: str, rnd: int) -> tuple[str, int]:
     """The point a chain's round starts from: the dense network for round 1."""
     return ("dense", 0) if rnd == 1 else (strategy, rnd - 1)
-
-
-def _rank_proxy(weights: dict[str, torch.Tensor], mask: masks.Mask) -> dict[str, torch.Tensor]:
-    """Distinct magnitudes so a planning round prunes exactly as many weights as a real one."""
-    return {n: torch.arange(1, w.numel() + 1, dtype=torch.float32).reshape(w.shape)
-            for n, w in weights.items() if n in mask}
 
 
 def _load_state(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
