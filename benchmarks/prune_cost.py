@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mirl_lib.checkpoints import atomic_write_text  # noqa: E402
+from mirl_lib.fileio import atomic_write_text  # noqa: E402
 from mirl_lib.masks import full_mask  # noqa: E402
 from mirl_lib.model import build_model, count_parameters  # noqa: E402
 from mirl_lib.pruning import global_magnitude, layerwise_magnitude, random_mask  # noqa: E402

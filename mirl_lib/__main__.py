@@ -14,8 +14,6 @@ from tqdm.auto import tqdm
 
 from mirl_lib.errors import DataError, MirlError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mirl_lib", description=__doc__.splitlines()[0])
@@ -38,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     """(input, output) pairs for a file or a folder."""
-    from mirl_lib.images import WRITE_FORMATS
+    from mirl_lib.images import IMAGE_SUFFIXES, WRITE_FORMATS
 
     def out_name(path: Path) -> str:
         return path.name if path.suffix.lower() in WRITE_FORMATS else f"{path.stem}.png"

@@ -1,8 +1,4 @@
-"""Atomic file writes and checkpoint loading.
-
-Every file is written through ``atomic_write``: the content goes to a temporary file in the
-target's folder which then replaces the target with ``os.replace``, so a reader never sees a
-half-written file and a failed write leaves the previous file untouched.
+"""Weights files and checkpoint loading (every write atomic, see ``mirl_lib.fileio``).
 
 ``load_model`` reads, always with ``torch.load(..., weights_only=True)``:
 
@@ -18,68 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mirl_lib.config import ModelConfig, model_config
+from mirl_lib.config import PRESETS, ModelConfig, model_config
 from mirl_lib.errors import CheckpointError, ConfigError
-from mirl_lib.model import PRESETS, PromptIR, build_model
+from mirl_lib.model import PromptIR, build_model
+from mirl_lib.tensorio import atomic_torch_save, cpu_state_dict, load_tensors
+from mirl_lib.tickets import TICKET_SUFFIX, load_ticket
 
 WEIGHTS_FORMAT = "mirl-weights"
-TICKET_SUFFIX = ".mirl"
 LIGHTNING_PREFIX = "net."
-
-
-@contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it goes.
-
-    The temporary name keeps ``path``'s suffix so writers that pick a format by extension work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
-                                    dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` atomically (flushed to disk before the rename)."""
-    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(text.encode("utf-8"), path)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU copies of the state of ``model`` (unwrapping DDP)."""
-    model = getattr(model, "module", model)
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
 def save_weights(model: PromptIR, path: str | Path, meta: dict[str, Any] | None = None) -> None:
@@ -93,28 +41,10 @@ def save_weights(model: PromptIR, path: str | Path, meta: dict[str, Any] | None 
                        "state_dict": cpu_state_dict(net), "meta": dict(meta or {})}, path)
 
 
-def load_tensors(path: str | Path, map_location: str | torch.device = "cpu",
-               kind: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)``; a missing or unreadable file raises
-    ``CheckpointError`` naming the file and the ``kind`` of file expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {kind} file not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt, truncated or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a readable {kind} (corrupt, truncated, or holding objects that "
-            f"weights_only=True refuses): {reason}") from None
-
-
 def _read(path: Path, expected: ModelConfig | None
           ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """Read any supported file: (architecture, state_dict, meta with a ``format`` entry)."""
     if path.suffix == TICKET_SUFFIX:
-        from mirl_lib.tickets import load_ticket
-
         if not path.is_file():
             raise CheckpointError(f"{path}: ticket file not found")
         state, mask, meta = load_ticket(path)

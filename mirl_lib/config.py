@@ -25,7 +25,7 @@ TASKS: tuple[str, ...] = ("denoise_15", "denoise_25", "denoise_50", "derain", "d
 class ModelConfig:
     """PromptIR architecture. Every width derives from these fields.
 
-    ``preset`` names a starting point (see ``mirl_lib.model.PRESETS``); the other fields, when given
+    ``preset`` names a starting point (see ``PRESETS`` below); the other fields, when given
     in YAML, override the preset's values.
     """
 
@@ -57,6 +57,7 @@ class ModelConfig:
             _require((self.dim * width + prompt) % self.heads[2] == 0, "model.prompt_dims",
                      f"prompt block width {self.dim * width + prompt} is not divisible by "
                      f"{self.heads[2]} heads")
+
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,18 @@ def _require(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(f"{key}: {problem}")
 
 
+# Named starting points of the architecture: the published network and two small CPU ones.
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(preset="paper"),
+    "cpu": ModelConfig(
+        preset="cpu", dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 4, 8),
+        prompt_dims=(16, 32, 64), prompt_len=5, prompt_sizes=(16, 8, 4), unused_convs=False),
+    "tiny": ModelConfig(
+        preset="tiny", dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
+        prompt_dims=(8, 8, 16), prompt_len=3, prompt_sizes=(8, 4, 2), unused_convs=True),
+}
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a dataclass field annotation and convert lists to tuples."""
     origin = typing.get_origin(annotation)
@@ -232,8 +245,6 @@ def section_from_dict(cls: type, data: dict[str, Any] | None, prefix: str, base:
 
 def model_config(preset_or_overrides: str | dict[str, Any] | ModelConfig) -> ModelConfig:
     """A ``ModelConfig`` from a preset name, a dict ``{preset: ..., overrides...}`` or a config."""
-    from mirl_lib.model import PRESETS
-
     if isinstance(preset_or_overrides, ModelConfig):
         return preset_or_overrides
     spec = {"preset": preset_or_overrides} if isinstance(preset_or_overrides, str) else dict(

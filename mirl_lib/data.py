@@ -28,10 +28,9 @@ from scipy import ndimage
 from mirl_lib.config import DataConfig
 from mirl_lib.degrade import degrade, depth_prior, image_seed
 from mirl_lib.errors import DataError
-from mirl_lib.images import read_rgb
+from mirl_lib.images import IMAGE_SUFFIXES, read_rgb
 from mirl_lib.protocol import crop_to_multiple
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Colour photographs in scikit-image 0.26 that load without network access. The three classic
 # natural test photographs are held out; training keeps the larger, more varied images, including

@@ -15,3 +15,7 @@ class DataError(MirlError):
 
 class CheckpointError(MirlError):
     """A checkpoint or ticket cannot be read or does not fit the model."""
+
+
+class DiskFullError(MirlError, OSError):
+    """A write failed because the device is full; the message names the file."""

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mirl_lib.checkpoints import atomic_write_bytes  # noqa: E402
+from mirl_lib.fileio import atomic_write_bytes  # noqa: E402
 from mirl_lib.report import LABELS, ORDER, point_means  # noqa: E402
 
 

@@ -6,8 +6,6 @@ what a study measures: grayscale, alpha, palette, 16-bit, float and CMYK files a
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mirl_lib.errors import DataError
+from mirl_lib.fileio import atomic_write
 
+# Image files mirl reads (data folders, the restore command) and the ones it writes.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 _MODE_PROBLEMS = {
@@ -88,16 +89,9 @@ def write_rgb(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
                          f"use one of {sorted(WRITE_FORMATS)}")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"{path}: expected an (H, W, 3) image, got shape {image.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            options = {"quality": quality} if fmt == "JPEG" else {}
-            Image.fromarray(to_uint8(image)).save(handle, format=fmt, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    options = {"quality": quality} if fmt == "JPEG" else {}
+    with atomic_write(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format=fmt, **options)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

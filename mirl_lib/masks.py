@@ -14,9 +14,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mirl_lib.checkpoints import atomic_torch_save, atomic_write_text, load_tensors
+from mirl_lib.fileio import atomic_write_text
 from mirl_lib.errors import CheckpointError, ConfigError
 from mirl_lib.model import UNUSED_PARAMETER_PREFIXES
+from mirl_lib.tensorio import atomic_torch_save, load_tensors
 
 Mask = dict[str, torch.Tensor]
 

@@ -16,17 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirl_lib.config import ModelConfig
+from mirl_lib.config import ModelConfig, model_config
 
-PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(preset="paper"),
-    "cpu": ModelConfig(
-        preset="cpu", dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 4, 8),
-        prompt_dims=(16, 32, 64), prompt_len=5, prompt_sizes=(16, 8, 4), unused_convs=False),
-    "tiny": ModelConfig(
-        preset="tiny", dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2),
-        prompt_dims=(8, 8, 16), prompt_len=3, prompt_sizes=(8, 4, 2), unused_convs=True),
-}
 
 # Multiple of the input side the network needs (three 2x downsamplings, then PixelUnshuffle).
 SIZE_MULTIPLE = 8
@@ -235,8 +226,6 @@ def build_model(spec: str | dict | ModelConfig = "paper", seed: int | None = Non
     With ``seed`` the initialization is reproducible (PyTorch's default initializers under a
     seeded generator state); the global RNG state is restored afterwards.
     """
-    from mirl_lib.config import model_config
-
     cfg = model_config(spec)
     if seed is None:
         return PromptIR(cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirl_lib.checkpoints import atomic_write_text
+from mirl_lib.fileio import atomic_write_text
 
 ORDER = ("dense", "rewind", "late_rewind", "finetune", "oneshot", "reinit", "random_mask")
 LABELS = {

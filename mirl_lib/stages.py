@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mirl_lib.checkpoints import atomic_write_text
+from mirl_lib.fileio import atomic_write_text
 from mirl_lib.config import Config, load_config
 from mirl_lib.errors import MirlError
 from mirl_lib.lottery import Study

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirl_lib.checkpoints import atomic_torch_save, load_tensors
+from mirl_lib.tensorio import atomic_torch_save, load_tensors
 from mirl_lib.errors import CheckpointError
-from mirl_lib.masks import Mask
+
+Mask = dict[str, torch.Tensor]  # name -> bool tensor (True = kept), as in mirl_lib.masks
 
 FORMAT = "mirl-ticket"
+TICKET_SUFFIX = ".mirl"
 VERSION = 1
 # Dtypes whose values float32 holds exactly.
 _DTYPES = {str(t): t for t in (torch.float32, torch.float16, torch.bfloat16)}

@@ -33,8 +33,9 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from mirl_lib.checkpoints import (atomic_torch_save, atomic_write_text, cpu_state_dict, load_into,
-                                  load_tensors, save_weights)
+from mirl_lib.checkpoints import load_into, save_weights
+from mirl_lib.fileio import atomic_write_text
+from mirl_lib.tensorio import atomic_torch_save, cpu_state_dict, load_tensors
 from mirl_lib.config import TrainConfig
 from mirl_lib.device import resolve_device
 from mirl_lib.errors import CheckpointError, ConfigError

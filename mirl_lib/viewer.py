@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mirl_lib import checkpoints, data, images, protocol, restore
+from mirl_lib import checkpoints, data, fileio, images, protocol, restore
 from mirl_lib.config import load_config
 from mirl_lib.device import resolve_device
 from mirl_lib.errors import ConfigError, DataError, MirlError
@@ -210,7 +210,7 @@ class RestoreCache:
                                                 tile=self.tile, overlap=self.overlap),
                           0.0, 1.0).astype(np.float32)
             if disk is not None:
-                with checkpoints.atomic_write(disk) as tmp:
+                with fileio.atomic_write(disk) as tmp:
                     np.save(tmp, out)
         self._images[key] = out
         while len(self._images) > self.max_images:

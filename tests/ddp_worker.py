@@ -36,7 +36,7 @@ class FakeSource:
 
 
 def main(out_dir: str) -> None:
-    from mirl_lib.checkpoints import cpu_state_dict
+    from mirl_lib.tensorio import cpu_state_dict
     from mirl_lib.model import build_model
     from mirl_lib.train import train
 

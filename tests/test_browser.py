@@ -25,7 +25,7 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from mirl_lib.checkpoints import atomic_write_bytes
+from mirl_lib.fileio import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

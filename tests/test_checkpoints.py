@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirl_lib.checkpoints import (atomic_torch_save, atomic_write, atomic_write_text, load_into,
-                                  load_model, save_weights)
+from mirl_lib.checkpoints import load_into, load_model, save_weights
+from mirl_lib.config import PRESETS
 from mirl_lib.errors import CheckpointError
-from mirl_lib.model import PRESETS, build_model
+from mirl_lib.fileio import atomic_write, atomic_write_text
+from mirl_lib.model import build_model
+from mirl_lib.tensorio import atomic_torch_save
 
 
 @pytest.fixture(scope="module")
