@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -21,8 +21,21 @@ from mirl_lib.errors import ConfigError
 TASKS: tuple[str, ...] = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 
 
+class _Section:
+    """Shared by the config sections. ``RUNTIME`` names the fields that do not change any result
+    (where and how fast a run goes, how often it logs); every other field is part of the run's
+    identity."""
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change results, as plain JSON-able values."""
+        values = json.loads(json.dumps(dataclasses.asdict(self)))
+        return {k: v for k, v in values.items() if k not in self.RUNTIME}
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """PromptIR architecture. Every width derives from these fields.
 
     ``preset`` names a starting point (see ``PRESETS`` below); the other fields, when given
@@ -61,7 +74,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     """Where images come from and how they are degraded and cut.
 
     ``source``: ``bundled`` (scikit-image photographs), ``mirl`` (the published folder layout under
@@ -93,8 +106,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One training run (dense, or one pruning round). Schedule: linear warmup then cosine decay."""
+class TrainConfig(_Section):
+    """One training run (dense, or one pruning round). Schedule: linear warmup then cosine decay.
+
+    ``device``, ``threads``, ``log_every`` and ``checkpoint_every`` are runtime settings: changing
+    them neither refuses a run folder nor stops a training from resuming.
+    """
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every")
 
     steps: int = 1000
     batch_size: int = 8
@@ -124,7 +143,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(_Section):
     """Iterative magnitude pruning (the trunk) and how it is applied."""
 
     rate: float = 0.2
@@ -145,19 +164,25 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
-class StudyConfig:
-    """Which branches run beside the trunk, at which sparsities, with which seeds."""
+class StudyConfig(_Section):
+    """Which branches run beside the trunk, at which sparsities, with which seeds.
+
+    None of it changes the result of a point: seeds are replicates and branches are further points,
+    so a finished study can be extended with either. Branch names are checked against the strategy
+    registry (``mirl_lib.strategies.check_study``) when a study is opened.
+    """
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("name", "seeds", "branches", "branch_remaining")
 
     name: str = "default"
     seeds: tuple[int, ...] = (0,)
     branches: tuple[str, ...] = ("finetune", "oneshot", "reinit", "random_mask", "late_rewind")
     branch_remaining: tuple[float, ...] = (0.5, 0.2, 0.1)
-    eval_every_round: bool = True
 
     def __post_init__(self) -> None:
-        known = ("finetune", "oneshot", "reinit", "random_mask", "late_rewind")
-        unknown = [b for b in self.branches if b not in known]
-        _require(not unknown, "study.branches", f"unknown branch(es) {unknown}; known: {list(known)}")
+        _require(len(set(self.branches)) == len(self.branches), "study.branches",
+                 "lists a branch twice")
+        _require(len(set(self.seeds)) == len(self.seeds), "study.seeds", "lists a seed twice")
         _require(len(self.seeds) > 0, "study.seeds", "needs at least one seed")
         _require(all(0.0 < r < 1.0 for r in self.branch_remaining), "study.branch_remaining",
                  "every entry must be in (0, 1)")
@@ -177,10 +202,32 @@ class Config:
         """A plain, YAML/JSON-serializable dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def identity(self) -> dict[str, dict[str, Any]]:
+        """Everything that changes a result: each section's fields less its ``RUNTIME`` ones.
+
+        Used by the run folder (a config of another identity is refused) and, through
+        ``TrainConfig.identity()``, by training resume. Seeds are not part of it: they are
+        replicates, path components of each point.
+        """
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: section.identity() for name, section in sections.items()
+                if section.identity()}
+
     def hash(self) -> str:
-        """A short stable hash of the full configuration (recorded beside every result)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A short stable hash of ``identity()`` (recorded beside every result)."""
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def identity_changes(old: Config, new: Config) -> list[str]:
+    """``section.key: old -> new`` for every identity field that differs."""
+    before, after = old.identity(), new.identity()
+    changes = []
+    for section in sorted(set(before) | set(after)):
+        a, b = before.get(section, {}), after.get(section, {})
+        changes += [f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}"
+                    for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    return changes
 
 
 def _require(ok: bool, key: str, problem: str) -> None:

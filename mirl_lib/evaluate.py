@@ -46,18 +46,32 @@ def evaluate(model: nn.Module, items: Sequence[Any], device: str | torch.device 
     return pd.DataFrame(rows, columns=["task", "dataset", "image", *METRICS])
 
 
+def task_means(df: pd.DataFrame, keys: Sequence[str] = ()) -> pd.DataFrame:
+    """Mean metrics per ``keys`` + task (tasks in ``TASKS`` order), and per ``keys`` group one
+    ``all-in-one`` row: the mean of the task means, so every task weighs the same whatever its
+    number of images. Columns: *keys, task, images, psnr, ssim, input_psnr, input_ssim.
+
+    This is the study's one definition of the all-in-one score (summaries, tables, figures).
+    """
+    keys = list(keys)
+    rank = {t: i for i, t in enumerate(TASKS)}
+    per_task = (df.assign(_rank=df["task"].map(lambda t: rank.get(t, len(rank))))
+                .groupby([*keys, "_rank", "task"], as_index=False, sort=True)
+                .agg(images=("task", "size"), **{m: (m, "mean") for m in METRICS})
+                .drop(columns="_rank"))
+    if keys:
+        overall = per_task.groupby(keys, as_index=False, sort=True).agg(
+            images=("images", "sum"), **{m: (m, "mean") for m in METRICS})
+    else:
+        overall = per_task[list(METRICS)].mean().to_frame().T
+        overall.insert(0, "images", int(per_task["images"].sum()))
+    overall.insert(len(keys), "task", ALL_IN_ONE)
+    return pd.concat([per_task, overall], ignore_index=True)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean metrics per task (in ``TASKS`` order) plus an ``all-in-one`` row, the mean of the tasks.
+    """Mean metrics per task (in ``TASKS`` order) plus the ``all-in-one`` row (``task_means``).
 
     Columns: task, images, psnr, ssim, input_psnr, input_ssim.
     """
-    per_task = df.groupby("task", sort=False)[list(METRICS)].mean()
-    per_task.insert(0, "images", df.groupby("task", sort=False).size())
-    order = ([t for t in TASKS if t in per_task.index]
-             + [t for t in per_task.index if t not in TASKS])
-    per_task = per_task.loc[order]
-    overall = per_task[list(METRICS)].mean().to_frame(ALL_IN_ONE).T
-    overall.insert(0, "images", int(per_task["images"].sum()))
-    out = pd.concat([per_task, overall])
-    out.index.name = "task"
-    return out.reset_index()
+    return task_means(df)

@@ -12,7 +12,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from mirl_lib.fileio import atomic_write_bytes  # noqa: E402
-from mirl_lib.report import LABELS, ORDER, point_means  # noqa: E402
+from mirl_lib import strategies  # noqa: E402
+from mirl_lib.evaluate import ALL_IN_ONE  # noqa: E402
+from mirl_lib.report import point_means  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -30,16 +32,18 @@ def psnr_vs_remaining(metrics: pd.DataFrame, path: Path) -> Path:
     """
     means = point_means(metrics)
     means["remaining %"] = 100 * means["remaining_all"]
-    means["strategy"] = means["strategy"].map(LABELS)
-    tasks = sorted(set(means["task"]) - {"all"}) + ["all"]
-    sparse = means[means["strategy"] != LABELS["dense"]]
-    hue_order = [LABELS[s] for s in ORDER[1:] if LABELS[s] in set(sparse["strategy"])]
+    label = strategies.labels()
+    present = strategies.ordered(set(means["strategy"]))
+    means["strategy"] = means["strategy"].map(label)
+    tasks = sorted(set(means["task"]) - {ALL_IN_ONE}) + [ALL_IN_ONE]
+    sparse = means[means["strategy"] != label["dense"]]
+    hue_order = [label[s] for s in present if s != "dense"]
     grid = sns.FacetGrid(sparse, col="task", col_order=tasks, col_wrap=3, sharey=False, height=3.0,
                          aspect=1.25)
     grid.map_dataframe(sns.lineplot, x="remaining %", y="psnr", hue="strategy", hue_order=hue_order,
                        style="strategy", style_order=hue_order, markers=True, dashes=False,
                        errorbar="sd", palette="tab10")
-    dense = means[means["strategy"] == LABELS["dense"]].groupby("task")["psnr"].mean()
+    dense = means[means["strategy"] == label["dense"]].groupby("task")["psnr"].mean()
     ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t >= 0.8 * sparse["remaining %"].min()]
     for task, ax in zip(tasks, grid.axes.flat):
         ax.axhline(dense[task], color="black", ls="--", lw=1, label="dense")
@@ -79,8 +83,11 @@ def training_curves(histories: pd.DataFrame, path: Path) -> Path:
     """Training loss against step, one line per round, one panel per strategy (with several
     seeds: their mean, and one standard deviation as a band)."""
     data = histories.copy()
-    data["strategy"] = data["strategy"].map(LABELS)
+    label = strategies.labels()
+    col_order = [label[s] for s in strategies.ordered(set(data["strategy"]))]
+    data["strategy"] = data["strategy"].map(label)
     grid = sns.relplot(data=data, x="step", y="loss", hue="round", col="strategy", col_wrap=3,
+                       col_order=col_order,
                        kind="line", palette="viridis", height=2.8, aspect=1.3, errorbar="sd",
                        facet_kws={"sharey": True})
     for ax in grid.axes.flat:

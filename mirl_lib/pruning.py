@@ -103,6 +103,26 @@ def alive_after(total: int, rounds: int, rate: float) -> int:
     return alive
 
 
+def planned_kept(sizes: Mapping[str, int], cfg: PruneConfig, rounds: int,
+                 output_name: str = "output.weight") -> list[int]:
+    """Kept prunable weights after 0, 1, .., ``rounds`` rounds of ``prune(.., cfg)``, from the
+    tensor sizes alone: the counts ``prune`` keeps are exact and do not depend on the weights."""
+    if cfg.method == "global":
+        total = sum(sizes.values())
+        return [alive_after(total, r, cfg.rate) for r in range(rounds + 1)]
+    if cfg.method != "layerwise":
+        raise ConfigError(f"prune.method: unknown method {cfg.method!r}; known: ['global', "
+                          "'layerwise']")
+    alive = dict(sizes)
+    kept = [sum(alive.values())]
+    for _ in range(rounds):
+        for name, count in alive.items():
+            rate = cfg.rate * (cfg.output_rate_factor if name == output_name else 1.0)
+            alive[name] = count - round_half_up(rate * count)
+        kept.append(sum(alive.values()))
+    return kept
+
+
 def rounds_for(target_remaining_all: float, rate: float, prunable_fraction: float = 1.0,
                max_rounds: int = 200) -> int:
     """Number of rounds whose remaining fraction of ALL parameters is nearest the target.

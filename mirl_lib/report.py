@@ -6,27 +6,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mirl_lib import strategies
+from mirl_lib.evaluate import ALL_IN_ONE, task_means
 from mirl_lib.fileio import atomic_write_text
 
-ORDER = ("dense", "rewind", "late_rewind", "finetune", "oneshot", "reinit", "random_mask")
-LABELS = {
-    "dense": "dense", "rewind": "ticket (rewind to init)", "late_rewind": "late rewind",
-    "finetune": "fine-tune (no rewind)", "oneshot": "one-shot", "reinit": "random re-init",
-    "random_mask": "random mask",
-}
 # A ticket "matches" the dense network when its all-in-one PSNR is at most this far below it
 # (or within two seed standard deviations, when several seeds ran).
 MATCH_TOLERANCE_DB = 0.1
 
 
 def point_means(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean PSNR/SSIM per (seed, strategy, round, task) and the all-in-one mean (task ``all``)."""
+    """Mean PSNR/SSIM per (seed, strategy, round, task) and the all-in-one mean (task
+    ``all-in-one``, ``evaluate.task_means``)."""
     keys = ["seed", "strategy", "round", "remaining_all", "remaining_prunable"]
-    per_task = metrics.groupby(keys + ["task"], as_index=False)[
-        ["psnr", "ssim", "input_psnr", "input_ssim"]].mean()
-    overall = per_task.groupby(keys, as_index=False)[
-        ["psnr", "ssim", "input_psnr", "input_ssim"]].mean().assign(task="all")
-    return pd.concat([per_task, overall], ignore_index=True)
+    return task_means(metrics, keys)
 
 
 def seed_stats(means: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +38,7 @@ def _cell(row: pd.Series) -> str:
 
 def verdict(stats: pd.DataFrame) -> str:
     """One honest sentence: does the deepest ticket match the dense network?"""
-    overall = stats[stats["task"] == "all"]
+    overall = stats[stats["task"] == ALL_IN_ONE]
     dense = overall[overall["strategy"] == "dense"].iloc[0]
     trunk = overall[overall["strategy"] == "rewind"].sort_values("round")
     if trunk.empty:
@@ -63,10 +56,11 @@ def verdict(stats: pd.DataFrame) -> str:
         sparsest = matching.iloc[-1]
         sentence += (f"; the sparsest ticket within tolerance keeps "
                      f"{100 * sparsest.remaining_all:.1f}% of all parameters")
-    controls = overall[(overall["strategy"].isin(["reinit", "random_mask"]))
+    controls = overall[(overall["strategy"].isin(strategies.with_role("control")))
                        & (overall["round"] == last["round"])]
     if not controls.empty:
-        parts = [f"{LABELS[r.strategy]} {r.psnr:.2f} dB" for r in controls.itertuples()]
+        label = strategies.labels()
+        parts = [f"{label[r.strategy]} {r.psnr:.2f} dB" for r in controls.itertuples()]
         sentence += f". At the same sparsity the controls score {', '.join(parts)}"
     return sentence + "."
 
@@ -74,13 +68,14 @@ def verdict(stats: pd.DataFrame) -> str:
 def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "") -> str:
     """The study's summary page: dense vs ticket vs every ablation and control, per task."""
     stats = seed_stats(point_means(metrics))
-    overall = stats[stats["task"] == "all"].copy()
+    overall = stats[stats["task"] == ALL_IN_ONE].copy()
     overall["remaining"] = (100 * overall["remaining_all"]).round(1)
-    strategies = [s for s in ORDER if s in set(overall["strategy"])]
+    names = strategies.ordered(set(overall["strategy"]))
+    label = strategies.labels()
     lines = [f"# {title}", "", notes, "", "## Answer", "", verdict(stats), ""]
 
     dense = stats[stats["strategy"] == "dense"].set_index("task")
-    dense = dense.loc[sorted(dense.index, key=lambda t: (t == "all", t))]
+    dense = dense.loc[sorted(dense.index, key=lambda t: (t == ALL_IN_ONE, t))]
     lines += ["## Dense network against the degraded inputs (PSNR dB / SSIM)", "",
               "| task | input PSNR | dense PSNR | gain | dense SSIM |", "|---|---|---|---|---|"]
     for task, row in dense.iterrows():
@@ -92,24 +87,25 @@ def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "") -> str:
     overall["cell"] = [_cell(row) for row in overall.itertuples()]
     table = overall.pivot_table(index="remaining", columns="strategy", values="cell",
                                 aggfunc="first")
-    table = table.sort_index(ascending=False)[[s for s in strategies if s in table.columns]]
-    lines.append("| remaining % | " + " | ".join(LABELS[s] for s in table.columns) + " |")
+    table = table.sort_index(ascending=False)[[s for s in names if s in table.columns]]
+    lines.append("| remaining % | " + " | ".join(label[s] for s in table.columns) + " |")
     lines.append("|---" * (len(table.columns) + 1) + "|")
     for rem, row in table.iterrows():
         cells = ["" if not isinstance(v, str) else v for v in row.to_numpy()]
         lines.append(f"| {rem:.1f} | " + " | ".join(cells) + " |")
 
-    branch_rounds = sorted(set(stats[stats["strategy"].isin(["oneshot", "reinit", "random_mask"])]
-                               ["round"]))
+    at_branches = [name for name, s in strategies.REGISTRY.items()
+                   if s.placement == "branch_rounds"]
+    branch_rounds = sorted(set(stats[stats["strategy"].isin(at_branches)]["round"]))
     for rnd in branch_rounds:
         at = stats[(stats["round"] == rnd) | (stats["strategy"] == "dense")]
         rem = 100 * stats[(stats["strategy"] == "rewind") & (stats["round"] == rnd)][
             "remaining_all"].mean()
         lines += ["", f"## Per task at {rem:.1f}% remaining (trunk round {rnd}), PSNR dB", ""]
-        cols = [s for s in strategies if s in set(at["strategy"])]
-        lines.append("| task | " + " | ".join(LABELS[s] for s in cols) + " |")
+        cols = [s for s in names if s in set(at["strategy"])]
+        lines.append("| task | " + " | ".join(label[s] for s in cols) + " |")
         lines.append("|---" * (len(cols) + 1) + "|")
-        for task in sorted(set(at["task"]), key=lambda t: (t == "all", t)):
+        for task in sorted(set(at["task"]), key=lambda t: (t == ALL_IN_ONE, t)):
             cells = []
             for s in cols:
                 row = at[(at["strategy"] == s) & (at["task"] == task)]

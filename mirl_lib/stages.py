@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from graphlib import TopologicalSorter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +24,9 @@ import pandas as pd
 
 from mirl_lib.fileio import atomic_write_text
 from mirl_lib.config import Config, load_config
-from mirl_lib.errors import MirlError
+from mirl_lib.errors import ConfigError, MirlError
 from mirl_lib.lottery import Study
+from mirl_lib.strategies import REGISTRY
 from mirl_lib.report import compare_with_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,27 +46,30 @@ class Stage:
 def open_study(params_file: str | Path, results_root: str | Path) -> Study:
     """The study of a params file, in ``<results_root>/<study.name>``."""
     cfg = load_config(params_file)
-    return Study(cfg, Path(results_root) / cfg.study.name)
+    try:
+        return Study(cfg, Path(results_root) / cfg.study.name)
+    except ConfigError as exc:
+        raise ConfigError(f"{params_file}: {exc}") from None
 
 
 def stage_list(study: Study) -> list[Stage]:
-    """Every stage, in dependency order."""
-    points = study.stages()
-    stages = [Stage("data", "00_data_preview.ipynb"),
-              Stage("dense", "01_dense.ipynb", points=(("dense", 0),))]
-    stages += [Stage(f"round_{r:02d}", "02_prune_round.ipynb", {"round": r}, (("rewind", r),))
-               for s, r in points if s == "rewind"]
-    for strategy in study.cfg.study.branches:
-        branch = tuple(p for p in points if p[0] == strategy)
-        stages.append(Stage(f"branch_{strategy}", "03_branch.ipynb", {"strategy": strategy}, branch))
-    stages += [Stage("evaluate", "04_evaluate.ipynb"), Stage("figures", "05_figures.ipynb")]
-    return stages
+    """Every stage: the data preview, one stage per group of points (as each strategy's
+    ``stage(rnd)`` declares, in the registry's order), the evaluation and the figures."""
+    groups: dict[str, Stage] = {}
+    for strategy, rnd in study.points():
+        spec = REGISTRY[strategy].stage(rnd)
+        stage = groups.get(spec.name) or Stage(spec.name, spec.notebook, dict(spec.parameters))
+        groups[spec.name] = Stage(stage.name, stage.notebook, stage.parameters,
+                                  (*stage.points, (strategy, rnd)))
+    return [Stage("data", "00_data_preview.ipynb"), *groups.values(),
+            Stage("evaluate", "04_evaluate.ipynb"), Stage("figures", "05_figures.ipynb")]
 
 
 def stage_done(study: Study, stage: Stage) -> bool:
     """A stage with points is done when all of them are, for every seed. The others (data
     preview, evaluation, figures) take seconds and always rerun, so a fresh clone redoes them."""
-    return bool(stage.points) and all(study.is_done(seed, s, r) for seed in study.cfg.study.seeds for s, r in stage.points)
+    return bool(stage.points) and all(study.is_done(seed, s, r) for seed in study.cfg.study.seeds
+                                      for s, r in stage.points)
 
 
 def move_aside(study: Study, stage: Stage) -> list[Path]:
@@ -135,25 +141,52 @@ def export_html(notebook: Path, target: Path) -> Path:
 
 
 def dependencies(study: Study, stages: list[Stage]) -> dict[str, set[str]]:
-    """Which stages each stage waits for."""
-    deepest = f"round_{max(study.branch_rounds()):02d}"
-    points = {s.name for s in stages if s.points}
+    """Which stages each stage waits for, derived from what each point ``requires``: a stage
+    waits for every other stage that holds a point one of its points reads. The evaluation waits
+    for every stage with points (and the data preview), the figures for the evaluation."""
+    owner = {point: stage.name for stage in stages for point in stage.points}
     deps: dict[str, set[str]] = {}
     for stage in stages:
-        if stage.name.startswith("round_"):
-            rnd = stage.parameters["round"]
-            deps[stage.name] = {"dense" if rnd == 1 else f"round_{rnd - 1:02d}"}
-        elif stage.name in ("branch_reinit", "branch_random_mask"):
-            deps[stage.name] = {deepest}
-        elif stage.name.startswith("branch_"):
-            deps[stage.name] = {"dense"}
-        elif stage.name == "evaluate":
-            deps[stage.name] = points | {"data"}
-        elif stage.name == "figures":
-            deps[stage.name] = {"evaluate"}
-        else:
-            deps[stage.name] = set()
+        needed = {req for point in stage.points for req in study.requires(*point)}
+        missing = sorted(needed - set(owner))
+        if missing:
+            raise MirlError(f"stage {stage.name}: requires point(s) {missing} that no stage of "
+                            f"this study runs")
+        deps[stage.name] = {owner[req] for req in needed} - {stage.name}
+    deps["evaluate"] = {s.name for s in stages if s.points} | {"data"}
+    deps["figures"] = {"evaluate"}
     return deps
+
+
+def schedule(deps: dict[str, set[str]], jobs: int, run_stage: Callable[[str], None]) -> None:
+    """Run every stage once the stages it depends on have finished, ``jobs`` at a time.
+
+    ``graphlib.TopologicalSorter`` decides what is ready; among ready stages, a free slot goes to
+    the one listed first in ``deps`` (stage order: the trunk before the branches, so the critical
+    path never waits behind a long branch). On the first failure nothing new starts; stages already
+    running finish, then the failure is raised.
+    """
+    priority = {name: i for i, name in enumerate(deps)}
+    sorter = TopologicalSorter(deps)
+    sorter.prepare()
+    failure: BaseException | None = None
+    ready: list[str] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, str] = {}
+        while failure is None and sorter.is_active():
+            ready = sorted([*ready, *sorter.get_ready()], key=priority.__getitem__)
+            while ready and len(running) < jobs:
+                name = ready.pop(0)
+                running[pool.submit(run_stage, name)] = name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                else:
+                    sorter.done(name)
+    if failure is not None:
+        raise failure
 
 
 def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1) -> Study:
@@ -170,51 +203,27 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs
     out_dir.mkdir(parents=True, exist_ok=True)
     deps = dependencies(study, stages)
     started = time.time()
+    by_name = {stage.name: stage for stage in stages}
     index = {stage.name: i for i, stage in enumerate(stages, start=1)}
 
-    def one(stage: Stage) -> None:
-        where = f"[{index[stage.name]}/{len(stages)}] {stage.name}"
+    def one(name: str) -> None:
+        stage = by_name[name]
+        where = f"[{index[name]}/{len(stages)}] {name}"
+        if name in force:
+            for path in move_aside(study, stage):
+                print(f"{where}: moved {path.name} aside", flush=True)
+        elif stage_done(study, stage):
+            print(f"{where}: done already, skipped", flush=True)
+            return
         t0 = time.time()
         print(f"{where}: running {stage.notebook} ...", flush=True)
         executed = execute(stage, params_file, results_root, out_dir)
-        if stage.name == "figures":
+        if name == "figures":
             print(f"{where}: report {export_html(executed, study.run_dir / 'report.html')}", flush=True)
         print(f"{where}: finished in {time.time() - t0:.0f} s "
               f"(total {(time.time() - started) / 60:.1f} min)", flush=True)
 
-    finished: set[str] = set()
-    pending = list(stages)
-    failure: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running: dict = {}
-        while pending or running:
-            for stage in list(pending):
-                if failure is not None or len(running) >= jobs:
-                    break
-                if not deps[stage.name] <= finished:
-                    continue
-                pending.remove(stage)
-                if stage.name in force:
-                    for path in move_aside(study, stage):
-                        print(f"[{index[stage.name]}/{len(stages)}] {stage.name}: moved "
-                              f"{path.name} aside", flush=True)
-                elif stage_done(study, stage):
-                    print(f"[{index[stage.name]}/{len(stages)}] {stage.name}: done already, "
-                          f"skipped", flush=True)
-                    finished.add(stage.name)
-                    continue
-                running[pool.submit(one, stage)] = stage
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                stage = running.pop(future)
-                if future.exception() is not None:
-                    failure = failure or future.exception()
-                else:
-                    finished.add(stage.name)
-    if failure is not None:
-        raise failure
+    schedule(deps, jobs, one)
     print(reproduction_report(study), flush=True)
     print(f"Study finished in {(time.time() - started) / 60:.1f} min: {study.run_dir}", flush=True)
     return study

@@ -44,9 +44,6 @@ from mirl_lib.model import PromptIR
 STATE_FILE = "state.pt"
 FINAL_FILE = "final.pt"
 HISTORY_FILE = "history.csv"
-# TrainConfig fields that must not change when a run resumes from state.pt.
-RESUME_FIELDS = ("steps", "batch_size", "lr", "min_lr", "weight_decay", "betas", "warmup_steps",
-                 "grad_clip")
 
 
 class BatchSource(Protocol):
@@ -132,8 +129,9 @@ def _seed_all(seed: int) -> None:
 
 
 def _run_identity(cfg: TrainConfig, seed: int, start_step: int) -> dict[str, Any]:
-    return {"seed": seed, "start_step": start_step,
-            **{k: getattr(cfg, k) for k in RESUME_FIELDS}}
+    """What must not change when a run resumes from ``state.pt``: the seed, the start step and
+    the training section's identity (``TrainConfig.identity()``, the run folder's notion too)."""
+    return {"seed": seed, "start_step": start_step, **cfg.identity()}
 
 
 def _check_resumable(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:

@@ -27,15 +27,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mirl_lib import checkpoints, data, fileio, images, protocol, restore
+from mirl_lib import checkpoints, data, fileio, images, protocol, restore, strategies
 from mirl_lib.config import load_config
 from mirl_lib.device import resolve_device
 from mirl_lib.errors import ConfigError, DataError, MirlError
 
 CATALOG_COLUMNS: tuple[str, ...] = (
     "seed", "strategy", "round", "remaining_all", "remaining_prunable", "ticket", "mean_psnr")
-STRATEGY_ORDER: tuple[str, ...] = (
-    "dense", "rewind", "finetune", "oneshot", "late_rewind", "reinit", "random_mask")
 ZOOM_FACTORS: tuple[int, ...] = (1, 2, 4, 8)
 ZOOM_GAP = 4
 PREVIEW_MAX_SIDE = 1024
@@ -73,8 +71,8 @@ class RunCatalog:
         frame = frame[[(self.run_dir / t).is_file() for t in frame["ticket"]]]
         if frame.empty:
             raise DataError(f"{path}: none of the catalog's ticket files exist under {self.run_dir}")
-        rank = {s: i for i, s in enumerate(STRATEGY_ORDER)}
-        frame["_order"] = frame["strategy"].map(lambda s: rank.get(s, len(rank)))
+        rank = {s: i for i, s in enumerate(strategies.ordered(set(frame["strategy"])))}
+        frame["_order"] = frame["strategy"].map(rank)
         self.frame = (frame.sort_values(["seed", "_order", "strategy", "round"], kind="stable")
                       .drop(columns="_order").reset_index(drop=True))
 
@@ -83,7 +81,7 @@ class RunCatalog:
         return sorted(int(s) for s in self.frame["seed"].unique())
 
     def strategies(self, seed: int) -> list[str]:
-        """The strategies of ``seed``, dense and rewind first."""
+        """The strategies of ``seed``, in the registry's display order."""
         return list(dict.fromkeys(self.frame.loc[self.frame["seed"] == seed, "strategy"]))
 
     def points(self, seed: int, strategy: str) -> list[int]:
@@ -329,11 +327,12 @@ class Viewer:
     def _sync_points(self, keep_strategy: bool = False) -> None:
         with self._quiet():
             if not keep_strategy:
-                strategies = self.catalog.strategies(self.seed.value)
+                names = self.catalog.strategies(self.seed.value)
                 current = self.strategy.value
-                self.strategy.options = strategies
-                first = "rewind" if "rewind" in strategies else strategies[0]  # the MIR-L ticket
-                self.strategy.value = current if current in strategies else first
+                self.strategy.options = names
+                trunk = strategies.TRUNK  # open on the MIR-L ticket
+                self.strategy.value = current if current in names else (
+                    trunk if trunk in names else names[0])
             rows = self.catalog.points(self.seed.value, self.strategy.value)
             self.point.options = [(self.catalog.label(i), i) for i in rows]
             self.point.value = rows[-1]

@@ -37,7 +37,7 @@ def test_paper_params_are_the_published_setting() -> None:
     ("prune:\n  rate: 1.5\n", "prune.rate: must be in (0, 1)"),
     ("model:\n  preset: huge\n", "model.preset: unknown preset 'huge'"),
     ("data:\n  tasks: [denoise_15, deblur]\n", "data.tasks: unknown task(s) ['deblur']"),
-    ("study:\n  branches: [finetune, lottery]\n", "study.branches: unknown branch(es)"),
+    ("study:\n  seeds: [0, 1, 0]\n", "study.seeds: lists a seed twice"),
     ("train: [1, 2]\n", "train: expected a mapping"),
 ])
 def test_bad_keys_and_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:

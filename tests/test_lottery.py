@@ -11,7 +11,8 @@ from mirl_lib import masks, pruning, tickets
 from mirl_lib.checkpoints import load_model
 from mirl_lib.config import load_config
 from mirl_lib.errors import ConfigError
-from mirl_lib.lottery import RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET, Study
+from mirl_lib.lottery import Study
+from mirl_lib.strategies import RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET
 from mirl_lib.model import build_model
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
@@ -21,7 +22,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
     cfg = load_config(SMOKE, overrides={"study": {"name": "lottery"}})
     run = Study(cfg, tmp_path_factory.mktemp("runs") / "lottery")
-    for strategy, rnd in run.stages():
+    for strategy, rnd in run.points():
         run.run_point(0, strategy, rnd)
     run.collect()
     return run
@@ -36,7 +37,7 @@ def mask_of(study: Study, strategy: str, rnd: int) -> masks.Mask:
 
 
 def start_of(study: Study, strategy: str, rnd: int) -> tuple[dict, masks.Mask, int, dict]:
-    model, mask, step, extra = study._start(0, strategy, rnd, study.point_dir(0, strategy, rnd))
+    model, mask, step, extra = study.start(0, strategy, rnd)
     return model.state_dict(), mask, step, extra
 
 
@@ -67,7 +68,7 @@ def test_rewind_starts_from_the_original_initialization(study: Study) -> None:
 
 
 def test_pruned_weights_are_exactly_zero_after_training(study: Study) -> None:
-    for strategy, rnd in study.stages()[1:]:
+    for strategy, rnd in study.points()[1:]:
         final = state(study, strategy, rnd)
         for name, keep in mask_of(study, strategy, rnd).items():
             assert not final[name][~keep].any(), (strategy, rnd, name)
@@ -123,7 +124,7 @@ def test_controls_use_their_own_recorded_seeds(study: Study) -> None:
 def test_tables_and_tickets_are_consistent(study: Study) -> None:
     metrics = pd.read_csv(study.run_dir / "metrics.csv")
     catalog = pd.read_csv(study.run_dir / "catalog.csv")
-    points = study.stages()
+    points = study.points()
     assert len(catalog) == len(points)
     assert len(metrics) == len(points) * len(study.test_items())
     assert set(metrics["config_hash"]) == {study.cfg.hash()}

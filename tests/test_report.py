@@ -35,7 +35,7 @@ def metrics(seeds: tuple[int, ...], ticket_gap: float) -> pd.DataFrame:
 
 def test_point_means_average_images_then_tasks() -> None:
     means = point_means(metrics((0,), -0.5))
-    overall = means[(means["task"] == "all") & (means["strategy"] == "rewind")]
+    overall = means[(means["task"] == "all-in-one") & (means["strategy"] == "rewind")]
     assert overall.sort_values("round")["psnr"].tolist() == pytest.approx([25.0, 24.5])
 
 
@@ -48,7 +48,7 @@ def test_verdict_says_whether_the_ticket_matches(gap: float, word: str) -> None:
 
 def test_several_seeds_give_mean_and_spread_in_every_table() -> None:
     text = summary_markdown(metrics((0, 1, 2), -0.5), "t")
-    assert "| all | 20.00 | 25.10 ± 0.10 |" in text
+    assert "| all-in-one | 20.00 | 25.10 ± 0.10 |" in text
     table = text.split("## All-in-one PSNR")[1].split("## Per task")[0]
     assert "24.60 ± 0.10" in table and "25.10 ± 0.10" in table
     assert "±" not in summary_markdown(metrics((0,), -0.5), "t")

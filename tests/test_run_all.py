@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 
 from mirl_lib.config import load_config
 from mirl_lib.lottery import Study
@@ -67,7 +68,7 @@ def test_every_artifact_exists_and_is_consistent(smoke_run: tuple[Path, str]) ->
                      "dataset", "image", "psnr", "ssim", "input_psnr", "input_ssim", "config_hash"}
     assert expected_cols <= set(metrics.columns)
     assert set(metrics["strategy"]) == {"dense", "rewind", *cfg.study.branches}
-    assert len(metrics) == len(study.stages()) * len(study.test_items())
+    assert len(metrics) == len(study.points()) * len(study.test_items())
     assert set(metrics["task"]) == set(cfg.data.tasks)
     summary = (run_dir / "summary.md").read_text()
     assert "## Answer" in summary
@@ -107,3 +108,22 @@ def test_bad_params_fail_with_one_clear_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: train: unknown key")
     assert not any(tmp_path.glob("*/config.yaml"))
+
+
+def test_controls_alone_wait_for_the_trunk_rounds_they_read(tmp_path: Path) -> None:
+    """Branches that read trunk round N start only after it, at any --jobs (the runner derives
+    the order from what each strategy requires)."""
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["study"].update(name="controls", branches=["oneshot", "reinit", "random_mask"])
+    params = tmp_path / "controls.yaml"
+    params.write_text(yaml.safe_dump(spec))
+    out = subprocess.run([str(REPO / "run_all.sh"), str(params), "--results", str(tmp_path),
+                          "--jobs", "2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "has not been run yet" not in out.stdout + out.stderr
+    metrics = pd.read_csv(tmp_path / "controls" / "metrics.csv")
+    assert set(metrics["strategy"]) == {"dense", "rewind", "oneshot", "reinit", "random_mask"}
+    log = out.stdout.splitlines()
+    first_branch = min(i for i, line in enumerate(log) if "branch_" in line and "running" in line)
+    deepest = max(i for i, line in enumerate(log) if "round_02: finished" in line)
+    assert deepest < first_branch

@@ -115,6 +115,19 @@ def test_resume_refuses_a_changed_run(tmp_path: Path) -> None:
         run(tmp_path, cfg=dataclasses.replace(CFG, lr=5e-4))
 
 
+def test_resume_ignores_runtime_settings(tmp_path: Path) -> None:
+    """threads, log_every, checkpoint_every and device are not part of a run's identity."""
+    reference = run(tmp_path / "straight")
+    run(tmp_path / "resumed", stop_after=3)
+    changed = dataclasses.replace(CFG, log_every=4, checkpoint_every=5, device="cpu")
+    model, result = run(tmp_path / "resumed", cfg=changed)
+    assert result.final_step == CFG.steps
+    assert_same(model, reference[0])  # same weights, bit for bit
+    run(tmp_path / "threads", stop_after=3)
+    _, result = run(tmp_path / "threads", cfg=dataclasses.replace(CFG, threads=2))
+    assert result.final_step == CFG.steps
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="start_step"):
         run(tmp_path, start_step=CFG.steps)
