@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from mirl_lib import checkpoints, masks, pruning, tickets
-from mirl_lib.config import Config, config_from_dict
+from mirl_lib.config import Config, config_from_dict, read_yaml
 from mirl_lib.data import TestItem, build_train_source, load_test_set
 from mirl_lib.errors import ConfigError
 from mirl_lib.evaluate import evaluate
@@ -65,7 +65,7 @@ class Study:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "config.yaml"
         if path.exists():
-            recorded = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+            recorded = config_from_dict(read_yaml(path), str(path))
             if recorded.hash() != self.cfg.hash():
                 raise ConfigError(
                     f"{path}: this run folder was made with another configuration (hash "
