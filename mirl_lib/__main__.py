@@ -1,37 +1,65 @@
 """Command line: ``python -m mirl_lib restore IN -o OUT --checkpoint CKPT``.
 
 IN is an image or a folder of images (then OUT is a folder; each output keeps its input's name,
-with ``.png`` for formats ``write_rgb`` cannot write). Existing outputs are kept unless
-``--overwrite``; every output is written atomically. Errors print one ``error:`` line, exit code 2.
+with ``.png`` for formats ``write_rgb`` cannot write). Every output is written atomically, with the
+permissions an ordinary new file gets (the umask). An existing output file is refused unless
+``--overwrite``; for a folder, outputs already there are kept unless ``--overwrite``, so rerunning
+an interrupted command finishes the rest. The outputs and the tiling are checked before the
+checkpoint is read. Errors (out of memory and a full disk included) print one ``error:`` line, exit
+code 2; Ctrl-C prints one line saying how to continue, exit code 130.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tqdm.auto import tqdm
+from mirl_lib.errors import DataError, MirlError, NotEnoughMemoryError
 
-from mirl_lib.errors import DataError, MirlError
+SUGGESTED_TILE = 256
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mirl_lib", description=__doc__.splitlines()[0])
+    from mirl_lib.model import SIZE_MULTIPLE
+
+    parser = argparse.ArgumentParser(prog="python -m mirl_lib",
+                                     description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     restore = commands.add_parser("restore", help="restore an image or a folder of images")
     restore.add_argument("input", type=Path, help="image file or folder of images")
     restore.add_argument("-o", "--output", type=Path, required=True,
-                         help="output image (or folder when INPUT is a folder)")
+                         help="output image, .png/.jpg/.jpeg (or folder when INPUT is a folder)")
     restore.add_argument("--checkpoint", type=Path, required=True,
                          help="PromptIR/MIR-L checkpoint, mirl weights file or *.mirl ticket")
     restore.add_argument("--preset", default=None,
                          help="architecture of a plain state_dict or Lightning checkpoint "
                               "(default: paper)")
     restore.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    restore.add_argument("--tile", type=int, default=256, help="tile side, 0 = whole image")
-    restore.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    restore.add_argument("--tile", type=int, default=SUGGESTED_TILE,
+                         help=f"tile side in pixels, a positive multiple of {SIZE_MULTIPLE}, or 0 "
+                              f"for the whole image at once (memory grows with the image) "
+                              f"(default: %(default)s)")
+    restore.add_argument("--overlap", type=int, default=32,
+                         help="tile overlap in pixels, at most half the tile "
+                              "(default: %(default)s)")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
+
+
+@dataclass
+class Progress:
+    """How far a restore got; printed when Ctrl-C stops it."""
+
+    total: int | None = None
+    written: int = 0
+
+    def __str__(self) -> str:
+        if self.total is None:
+            return "no image written"
+        return f"{self.written} of {self.total} images written"
 
 
 def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
@@ -59,34 +87,113 @@ def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
-def restore_command(args: argparse.Namespace) -> None:
-    """Restore every input of ``args`` with the checkpoint's model."""
+def _check_outputs(jobs: list[tuple[Path, Path]]) -> None:
+    """Refuse, before any work, an output ``write_rgb`` cannot write or a folder it cannot use."""
+    from mirl_lib.images import output_format
+
+    for _, out in jobs:
+        output_format(out)
+    for folder in sorted({out.parent for _, out in jobs}):
+        _check_folder(folder)
+
+
+def _check_folder(folder: Path) -> None:
+    """``folder`` exists and is writable, or can be created (as ``write_rgb`` does)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == folder else f"{existing} is a file"
+        raise DataError(f"{folder}: cannot be the output folder, {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{existing}: output folder is not writable")
+
+
+def _pending(jobs: list[tuple[Path, Path]], overwrite: bool,
+             folder: bool) -> list[tuple[Path, Path]]:
+    """The jobs to run: all with ``overwrite``; else a folder keeps its existing outputs and a
+    single existing output is refused."""
+    existing = [out for _, out in jobs if out.exists()]
+    if not existing or overwrite:
+        return jobs
+    if not folder:
+        raise DataError(f"{existing[0]}: output exists; pass --overwrite to replace it")
+    print(f"note: kept {len(existing)} existing output(s) in {existing[0].parent}; pass "
+          f"--overwrite to replace them", file=sys.stderr)
+    return [(inp, out) for inp, out in jobs if not out.exists()]
+
+
+def _memory_error(path: Path, shape: tuple[int, ...], tile: int, overlap: int,
+                  device: Any) -> NotEnoughMemoryError:
+    """Out of memory restoring ``path``: its size, the tiling used and a tiling that needs less."""
+    from mirl_lib.model import SIZE_MULTIPLE
+
+    size = f"{shape[1]} x {shape[0]}"  # width x height, as photos are described
+    how = "in one piece (--tile 0)" if tile == 0 else f"in {tile} x {tile} tiles (--tile {tile})"
+    if tile == 0 or tile > SUGGESTED_TILE:
+        hint = f"--tile {SUGGESTED_TILE} (or smaller)"
+    else:
+        smaller = tile // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE
+        if smaller < 2 * SIZE_MULTIPLE:
+            return NotEnoughMemoryError(f"{path}: out of memory on {device} even with --tile "
+                                        f"{tile}; the model does not fit this device")
+        hint = f"--tile {smaller}"
+        if overlap > smaller // 2:
+            hint += f" --overlap {smaller // 4}"
+    return NotEnoughMemoryError(f"{path}: out of memory on {device} restoring this {size} image "
+                                f"{how}; run again with {hint}")
+
+
+def _restore_one(model: Any, inp: Path, out: Path, args: argparse.Namespace, device: Any) -> None:
+    """Read, restore and write one image; running out of memory says how to need less."""
+    from mirl_lib.images import read_rgb, write_rgb
+    from mirl_lib.restore import is_out_of_memory, restore_image
+
+    img = read_rgb(inp)
+    try:
+        restored = restore_image(model, img, device=device, tile=args.tile, overlap=args.overlap)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise _memory_error(inp, img.shape, args.tile, args.overlap, device) from None
+    write_rgb(out, restored)
+
+
+def restore_command(args: argparse.Namespace, progress: Progress | None = None) -> None:
+    """Restore every input of ``args`` with the checkpoint's model; ``progress`` counts outputs."""
+    from tqdm.auto import tqdm
+
     from mirl_lib.checkpoints import load_model
     from mirl_lib.config import model_config
     from mirl_lib.device import resolve_device
-    from mirl_lib.images import read_rgb, write_rgb
-    from mirl_lib.restore import restore_image
+    from mirl_lib.restore import check_tiling
 
+    progress = Progress() if progress is None else progress
     jobs = _jobs(args.input, args.output)
-    existing = [out for _, out in jobs if out.exists()]
-    if existing and not args.overwrite:
-        raise DataError(f"{existing[0]}: output exists ({len(existing)} in all); pass --overwrite "
-                        f"to replace")
+    _check_outputs(jobs)
+    check_tiling(args.tile, args.overlap)
+    todo = _pending(jobs, args.overwrite, folder=args.input.is_dir())
+    progress.total, progress.written = len(jobs), len(jobs) - len(todo)
+    if not todo:
+        return
     device = resolve_device(args.device)
     expected = model_config(args.preset) if args.preset else None
     model, _ = load_model(args.checkpoint, expected=expected, device=device)
-    for inp, out in tqdm(jobs, desc="restore", unit="image", disable=len(jobs) == 1):
-        restored = restore_image(model, read_rgb(inp), device=device, tile=args.tile,
-                                 overlap=args.overlap)
-        write_rgb(out, restored)
+    for inp, out in tqdm(todo, desc="restore", unit="image", disable=len(todo) == 1):
+        _restore_one(model, inp, out, args, device)
+        progress.written += 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 on any ``MirlError``)."""
-    args = _parser().parse_args(argv)
+    """Run the command line; returns the exit code: 2 on any ``MirlError`` or ``OSError`` (one
+    ``error:`` line), 130 on Ctrl-C (one line saying how to continue)."""
+    progress = Progress()
     try:
-        restore_command(args)
-    except MirlError as exc:
+        args = _parser().parse_args(argv)  # imports torch: Ctrl-C may come already
+        restore_command(args, progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: {progress}; rerun the same command to continue (existing outputs are "
+              f"kept unless --overwrite)", file=sys.stderr)
+        return 130
+    except (MirlError, OSError) as exc:  # OSError: a folder or file the system refused to write
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -2,12 +2,15 @@
 
 Every section is a frozen dataclass. ``load_config(path)`` reads a YAML file and fails loudly on an
 unknown key, a value of the wrong type or an out-of-range value, naming the file and the key path.
+``read_yaml(path)`` is the one reader of params and recorded config files: it refuses an empty file,
+a top level that is not a mapping and a key written twice, and reads ``1e-3`` as a float.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -320,15 +323,85 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config; ``overrides`` (nested dict) is merged over the file's content."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice and reads ``1e-3`` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``); researchers write ``1e-3``.
+    The extra resolver only adds exponent forms; every other scalar resolves as before.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._paths: dict[yaml.Node, str] = {}  # mapping node -> its key path, for messages
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Build one mapping after checking its own keys (merge keys ``<<`` excluded)."""
+        prefix = self._paths.get(node, "")
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            path = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{path}: key written twice (lines {first_line[key]} and "
+                                  f"{line}); keep one")
+            first_line[key] = line
+            self._paths[value_node] = path
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a params/config YAML file, read with the config's YAML rules.
+
+    Raises ``ConfigError`` naming the file when it is missing, not valid YAML, empty, not a mapping
+    at the top level, or writes a key twice (with the key path and both line numbers).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read this file as UTF-8 text ({exc})") from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the params file is empty; write the sections you change "
+                          f"(params/smoke.yaml is a small example), as every default together is "
+                          f"the full paper-size study")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                          f"({', '.join(f.name for f in dataclasses.fields(Config))}), "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and where it is (its message spans lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem or exc.context} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; ``overrides`` (nested dict) is merged over the file's content."""
+    data = read_yaml(path)
     if overrides:
         data = merge(data, overrides)
     return config_from_dict(data, source=str(path))

@@ -19,3 +19,7 @@ class CheckpointError(MirlError):
 
 class DiskFullError(MirlError, OSError):
     """A write failed because the device is full; the message names the file."""
+
+
+class NotEnoughMemoryError(MirlError, MemoryError):
+    """A computation needs more memory than the device has; the message says how to need less."""

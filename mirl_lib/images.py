@@ -68,6 +68,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
             array = np.asarray(image)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image file (corrupt or unknown format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: image file is truncated or corrupt ({exc})") from None
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
@@ -80,13 +82,24 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_rgb(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
-    """Write a float (H, W, 3) image in [0, 1] as 8-bit PNG or JPEG, atomically."""
+def output_format(path: str | Path) -> str:
+    """The Pillow format ``write_rgb`` uses for ``path`` (by extension); ``ImageError`` if none."""
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: cannot write {path.suffix or 'a file without extension'}; "
                          f"use one of {sorted(WRITE_FORMATS)}")
+    return fmt
+
+
+def write_rgb(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+    """Write a float (H, W, 3) image in [0, 1] as 8-bit PNG or JPEG, atomically.
+
+    A full disk raises ``DiskFullError`` naming ``path`` (from ``atomic_write``); the previous file,
+    if any, is kept.
+    """
+    path = Path(path)
+    fmt = output_format(path)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"{path}: expected an (H, W, 3) image, got shape {image.shape}")
     options = {"quality": quality} if fmt == "JPEG" else {}

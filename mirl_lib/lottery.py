@@ -30,7 +30,8 @@ import torch
 import yaml
 
 from mirl_lib import checkpoints, masks, pruning, strategies, tickets
-from mirl_lib.config import Config, ModelConfig, PruneConfig, config_from_dict, identity_changes
+from mirl_lib.config import (Config, ModelConfig, PruneConfig, config_from_dict, identity_changes,
+                             read_yaml)
 from mirl_lib.data import TestItem, build_train_source, load_test_set
 from mirl_lib.device import resolve_device
 from mirl_lib.errors import ConfigError
@@ -91,7 +92,7 @@ class Study:
         path = self.run_dir / "config.yaml"
         if not path.exists():
             return
-        recorded = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+        recorded = config_from_dict(read_yaml(path), str(path))
         changes = identity_changes(recorded, self.cfg)
         if changes:
             raise ConfigError(

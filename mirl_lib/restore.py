@@ -43,14 +43,31 @@ def _ramp(n: int, overlap: int) -> torch.Tensor:
     return torch.clamp(torch.minimum(i, n - i) / overlap, max=1.0)
 
 
-def _check_args(img: np.ndarray, tile: int, overlap: int) -> None:
-    if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) == 0:
-        raise DataError(f"image must be a non-empty (H, W, 3) array, got shape {img.shape}")
+# How torch words an allocation failure: CUDA/MPS ("out of memory") and the CPU allocator.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure on any device (torch's OOM errors, numpy's MemoryError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
+
+
+def check_tiling(tile: int, overlap: int) -> None:
+    """Refuse a ``tile`` that is not 0 or a positive multiple of ``SIZE_MULTIPLE``, or an
+    ``overlap`` outside ``[0, tile/2]`` (``ConfigError``)."""
     if tile < 0 or tile % SIZE_MULTIPLE:
         raise ConfigError(f"tile={tile}: must be 0 (no tiling) or a positive multiple of "
                           f"{SIZE_MULTIPLE}")
     if tile and not 0 <= overlap <= tile // 2:
         raise ConfigError(f"overlap={overlap}: must be in [0, tile/2] for tile={tile}")
+
+
+def _check_args(img: np.ndarray, tile: int, overlap: int) -> None:
+    if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) == 0:
+        raise DataError(f"image must be a non-empty (H, W, 3) array, got shape {img.shape}")
+    check_tiling(tile, overlap)
 
 
 @torch.inference_mode()

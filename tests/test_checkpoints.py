@@ -1,6 +1,7 @@
 """Atomic writes and checkpoint loading: every supported format, and every bad input named."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,7 @@ def test_corrupt_truncated_and_foreign_files(tmp_path: Path, tiny: torch.nn.Modu
         with pytest.raises(CheckpointError) as err:
             load_model(tmp_path / name, expected=PRESETS["tiny"])
         assert str(tmp_path / name) in str(err.value) and problem in str(err.value), name
+        assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value), name
     assert load_model(good)[1]["format"] == "mirl-weights"
 
 
@@ -130,3 +132,26 @@ def test_sparse_ticket(tmp_path: Path, tiny: torch.nn.Module) -> None:
     assert torch.equal(model.output.weight, state["output.weight"] * mask["output.weight"])
     with pytest.raises(CheckpointError, match=r"t\.mirl.*'tiny' model but a 'cpu'"):
         load_model(path, expected=PRESETS["cpu"])
+
+
+class _RunsCode:
+    """Unpickling this would run ``os.system``; the weights-only loader must refuse it."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, ("echo pwned",)
+
+
+@pytest.mark.parametrize("payload, held", [({"x": Path("/")}, "pathlib.PosixPath"),
+                                           ({"x": _RunsCode()}, f"{os.system.__module__}.system")])
+def test_refused_pickle_names_what_and_never_suggests_unsafe_load(
+        tmp_path: Path, payload: object, held: str) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: not a readable checkpoint")
+    assert (f"it holds Python objects other than tensors and plain containers ({held}), which "
+            f"mirl never unpickles") in message
+    assert "weights_only=False" not in message and "set to `False`" not in message
+    assert "\x1b" not in message and "\n" not in message

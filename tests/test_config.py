@@ -5,8 +5,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mirl_lib.config import Config, load_config
+from mirl_lib.config import Config, load_config, read_yaml
 from mirl_lib.errors import ConfigError
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
@@ -67,3 +68,87 @@ def test_hash_changes_with_any_value() -> None:
     a = load_config(PARAMS / "smoke.yaml")
     b = load_config(PARAMS / "smoke.yaml", overrides={"train": {"steps": 7}})
     assert a.hash() != b.hash() and b.train.steps == 7
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_empty_params_file_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: the params file is empty")
+
+
+@pytest.mark.parametrize("text, kind", [("- train\n- prune\n", "list"), ("smoke\n", "str"),
+                                        ("3\n", "int")])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = tmp_path / "flat.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the top level must be a mapping of sections")
+    assert message.endswith(f"got {kind}")
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("train:\n  steps: 3\nprune:\n  rate: 0.5\ntrain:\n  steps: 4\n", "train", (1, 5)),
+    ("train:\n  lr: 0.001\n  steps: 3\n  lr: 0.002\n", "train.lr", (2, 4)),
+    ("model:\n  preset: cpu\n  heads: [1, 2, 4, 8]\n  preset: tiny\n", "model.preset", (2, 4)),
+])
+def test_key_written_twice_is_refused(tmp_path: Path, text: str, key: str,
+                                      lines: tuple[int, int]) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: {key}: key written twice (lines {lines[0]} and "
+                               f"{lines[1]}); keep one")
+
+
+def test_same_key_in_different_sections_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  preset: tiny\ntrain:\n  steps: 5\n  warmup_steps: 1\n"
+                    "prune:\n  rounds: 5\n")
+    cfg = load_config(path)
+    assert (cfg.train.steps, cfg.prune.rounds) == (5, 5)
+
+
+@pytest.mark.parametrize("written, value", [("1e-3", 1e-3), ("5E-4", 5e-4), ("1e+2", 100.0),
+                                            ("2e4", 2e4), ("-1.5e-3", -1.5e-3), ("1.0e3", 1e3),
+                                            ("0.0002", 2e-4)])
+def test_exponent_floats_are_numbers(tmp_path: Path, written: str, value: float) -> None:
+    path = tmp_path / "lr.yaml"
+    path.write_text(f"train:\n  weight_decay: {written}\n")
+    data = read_yaml(path)
+    assert type(data["train"]["weight_decay"]) is float and data["train"]["weight_decay"] == value
+    assert load_config(path).train.weight_decay == value
+    path.write_text(f"train:\n  lr: {written.lstrip('-')}\n")
+    assert load_config(path).train.lr == abs(value)
+
+
+def test_other_scalars_resolve_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("a: 12\nb: e5\nc: 1e\nd: '1e-3'\ne: 1_000\nf: .inf\n")
+    assert read_yaml(path) == {"a": 12, "b": "e5", "c": "1e", "d": "1e-3", "e": 1000,
+                               "f": float("inf")}
+
+
+def test_written_config_reads_back_identical(tmp_path: Path) -> None:
+    cfg = load_config(PARAMS / "smoke.yaml", overrides={
+        "train": {"lr": 1e-3, "min_lr": 1e-6, "weight_decay": 1e20, "grad_clip": 5e-324}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    back = load_config(path)
+    assert (back.train.lr, back.train.min_lr) == (1e-3, 1e-6)
+    assert back == cfg and back.hash() == cfg.hash()
+
+
+def test_recorded_run_config_is_read_with_the_same_rules(tmp_path: Path) -> None:
+    from mirl_lib.lottery import Study
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  lr: 1e-3\n  lr: 1e-3\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: train\.lr: key written twice"):
+        Study(load_config(PARAMS / "smoke.yaml"), run).prepare()

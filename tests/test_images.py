@@ -1,6 +1,7 @@
 """Strict image reading, atomic writing and tensor conversion."""
 from __future__ import annotations
 
+import errno
 import struct
 import zlib
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mirl_lib.errors import DataError
-from mirl_lib.images import read_rgb, to_image, to_tensor, to_uint8, write_rgb
+from mirl_lib.errors import DataError, DiskFullError
+from mirl_lib.images import (output_format, read_rgb, to_image, to_tensor, to_uint8,
+                             write_rgb)
 
 
 def _rgb8(h: int = 12, w: int = 10, seed: int = 0) -> np.ndarray:
@@ -93,3 +95,36 @@ def test_tensor_round_trip() -> None:
     assert float(tensor[0, 2, 4, 6]) == float(image[4, 6, 2])
     np.testing.assert_array_equal(to_image(tensor), image)
     np.testing.assert_array_equal(to_image(tensor[0]), image)
+
+
+def test_output_format_is_the_check_write_rgb_makes(tmp_path: Path) -> None:
+    assert [output_format(tmp_path / n) for n in ("a.png", "b.JPG", "c.jpeg")] == [
+        "PNG", "JPEG", "JPEG"]
+    with pytest.raises(DataError, match=r"x\.tif: cannot write \.tif; use one of"):
+        output_format(tmp_path / "x.tif")
+    assert not list(tmp_path.iterdir())
+
+
+def test_disk_full_while_saving_stays_a_disk_full_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "out.png"
+    write_rgb(path, _rgb8().astype(np.float32) / 255)
+    before = path.read_bytes()
+
+    def full(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        Path(fp).write_bytes(b"half")  # type: ignore[arg-type]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(DiskFullError) as info:
+        write_rgb(path, np.zeros((4, 4, 3)))
+    assert str(info.value).startswith(f"{path}: no space left on device")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_read_rejects_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "huge.png"
+    Image.fromarray(_rgb8(64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"huge\.png: Image size \(4096 pixels\) exceeds limit"):
+        read_rgb(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,209 @@ def test_cli_errors_are_one_line(tmp_path: Path, checkpoint: Path) -> None:
                str(checkpoint))
     assert done.returncode == 0, done.stderr
     assert read_rgb(tmp_path / "ok.png").shape == (16, 16, 3)
+
+
+def run_main(argv: list[str]) -> int:
+    """``main(argv)``; a ``KeyboardInterrupt`` escaping it fails this test, not the session."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+
+
+def one_error_line(err: str) -> str:
+    """The single ``error:`` line a failed command printed (asserts there is exactly one)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("tile, used, hint", [
+    (0, "in one piece (--tile 0)", "--tile 256 (or smaller)"),
+    (64, "in 64 x 64 tiles (--tile 64)", "--tile 32 --overlap 8"),
+])
+def test_cli_out_of_memory_names_size_and_tile(
+        tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tile: int, used: str, hint: str) -> None:
+    import mirl_lib.restore
+
+    def no_memory(*args: object, **kwargs: object) -> np.ndarray:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 14400000000 bytes. "
+                           "Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(mirl_lib.restore, "restore_image", no_memory)
+    write_rgb(tmp_path / "photo.png", image(30, 40))
+    argv = ["restore", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out.png"),
+            "--checkpoint", str(checkpoint), "--device", "cpu", "--tile", str(tile)]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'photo.png'}: out of memory on cpu restoring" in line
+    assert line.endswith(f"40 x 30 image {used}; run again with {hint}")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_cli_other_runtime_errors_are_not_called_memory(
+        tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mirl_lib.restore
+
+    def broken(*args: object, **kwargs: object) -> np.ndarray:
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(mirl_lib.restore, "restore_image", broken)
+    write_rgb(tmp_path / "a.png", image(16, 16))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"),
+              "--checkpoint", str(checkpoint)])
+
+
+@pytest.fixture()
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled up (needs root and a working ``mount``; skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        with open(mnt / "filler", "wb", buffering=0) as fh, pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_cli_disk_full_is_one_line(tmp_path: Path, checkpoint: Path, full_disk: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write_rgb(tmp_path / "a.png", image(64, 64))
+    out = full_disk / "out.png"
+    argv = ["restore", str(tmp_path / "a.png"), "-o", str(out), "--checkpoint", str(checkpoint),
+            "--device", "cpu"]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{out}: no space left on device" in line
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("x.tif", "x.tif: cannot write .tif; use one of"),
+    ("noext", "noext: cannot write a file without extension"),
+    ("blocker/x.png", "blocker: cannot be the output folder, it is a file"),
+    ("blocker/deeper/x.png", "blocker/deeper: cannot be the output folder, "),
+])
+def test_cli_output_checked_before_the_checkpoint_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, problem: str) -> None:
+    write_rgb(tmp_path / "a.png", image(16, 16))
+    (tmp_path / "blocker").write_bytes(b"a file")
+    argv = ["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / name), "--checkpoint",
+            str(tmp_path / "absent.pt")]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert problem in line and "absent.pt" not in line
+
+
+def test_cli_unwritable_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    write_rgb(tmp_path / "a.png", image(16, 16))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access  # root may write anywhere, so the refusal is simulated for it too
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        Path(path) != locked and real_access(path, mode, **kw)))
+    assert main(["restore", str(tmp_path / "a.png"), "-o", str(locked / "new" / "x.png"),
+                 "--checkpoint", str(tmp_path / "absent.pt")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {locked}: output folder is not writable"
+
+
+def test_cli_creates_missing_output_folders(tmp_path: Path, checkpoint: Path) -> None:
+    write_rgb(tmp_path / "a.png", image(16, 16))
+    out = tmp_path / "new" / "deeper" / "a.jpg"
+    assert main(["restore", str(tmp_path / "a.png"), "-o", str(out), "--checkpoint",
+                 str(checkpoint)]) == 0
+    assert read_rgb(out).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_cli_outputs_get_umask_permissions(tmp_path: Path, checkpoint: Path, umask: int) -> None:
+    write_rgb(tmp_path / "in" / "a.png", image(16, 16))
+    write_rgb(tmp_path / "in" / "b.png", image(16, 16, seed=1))
+    previous = os.umask(umask)
+    try:
+        assert main(["restore", str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "a.png"),
+                     "--checkpoint", str(checkpoint)]) == 0
+        assert main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                     "--checkpoint", str(checkpoint)]) == 0
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "a.png", tmp_path / "out" / "a.png", tmp_path / "out" / "b.png"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_cli_ctrl_c_is_one_line_and_resumes(
+        tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import mirl_lib.restore
+
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_rgb(tmp_path / "in" / name, image(16, 16, seed=i))
+    real, calls = mirl_lib.restore.restore_image, []
+
+    def stop_at_second(*args: object, **kwargs: object) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mirl_lib.restore, "restore_image", stop_at_second)
+    argv = ["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint",
+            str(checkpoint), "--device", "cpu"]
+    assert run_main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: 1 of 3 images written; rerun the same command to continue (existing "
+        "outputs are kept unless --overwrite)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+    first = (tmp_path / "out" / "a.png").stat().st_mtime_ns
+    monkeypatch.setattr(mirl_lib.restore, "restore_image", real)
+    assert main(argv) == 0
+    assert "kept 1 existing output(s)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert (tmp_path / "out" / "a.png").stat().st_mtime_ns == first
+
+
+def test_cli_ctrl_c_before_any_image(tmp_path: Path, checkpoint: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import mirl_lib.checkpoints
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mirl_lib.checkpoints, "load_model", interrupted)
+    write_rgb(tmp_path / "a.png", image(16, 16))
+    assert run_main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"),
+                     "--checkpoint", str(checkpoint)]) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted: 0 of 1 images written; ")
+
+
+def test_cli_tile_help_and_check_agree(tmp_path: Path, checkpoint: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from mirl_lib.__main__ import _parser
+    from mirl_lib.model import SIZE_MULTIPLE
+
+    restore_help = _parser()._subparsers._group_actions[0].choices["restore"].format_help()
+    assert f"multiple of {SIZE_MULTIPLE}" in " ".join(restore_help.split())
+    write_rgb(tmp_path / "a.png", image(40, 40))
+    base = ["restore", str(tmp_path / "a.png"), "--checkpoint", str(checkpoint), "--overlap", "4"]
+    assert main([*base, "-o", str(tmp_path / "ok.png"), "--tile", str(3 * SIZE_MULTIPLE)]) == 0
+    assert main([*base, "-o", str(tmp_path / "bad.png"), "--tile", "20", "--checkpoint",
+                 str(tmp_path / "absent.pt")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"tile=20: must be 0 (no tiling) or a positive multiple of {SIZE_MULTIPLE}" in line
+    assert not (tmp_path / "bad.png").exists()
