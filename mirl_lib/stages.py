@@ -10,24 +10,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from graphlib import TopologicalSorter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
 from pathlib import Path
+from typing import Any
 
+import nbformat
 import pandas as pd
 
-from mirl_lib.fileio import atomic_write_text
 from mirl_lib.config import Config, load_config
 from mirl_lib.errors import ConfigError, MirlError
+from mirl_lib.fileio import atomic_write_text
 from mirl_lib.lottery import Study
-from mirl_lib.strategies import REGISTRY
+from mirl_lib.processes import Children, RunLock, kernel_env, kill_tree, module_command
 from mirl_lib.report import compare_with_reference
+from mirl_lib.strategies import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -112,28 +119,126 @@ def reproduction_report(study: Study) -> str:
             + (f"; {missing} rows present in only one of the two" if missing else "") + ".")
 
 
-def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path) -> Path:
-    """Run one stage notebook through papermill in its own process; the executed copy and a log of
-    the run go to ``out_dir``. Raises ``MirlError`` naming both when the notebook fails."""
+class StageFailed(MirlError):
+    """A stage notebook failed; the message holds the notebook's own error and where to look."""
+
+
+def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
+            children: Children, env: dict[str, str]) -> Path:
+    """Run one stage notebook through papermill in a child process (``children``); the executed
+    copy and a log go to ``out_dir``. Both are written to hidden temporary files and replace the
+    previous ones only when complete, so an interrupted or full-disk run leaves the previous
+    version, never a truncated file. Raises ``StageFailed`` with the notebook's own error."""
     suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}" for v in stage.parameters.values())
     output = out_dir / f"{Path(stage.notebook).stem}{suffix}.ipynb"
     log = output.with_suffix(".log")
+    partial_nb = out_dir / f".{output.stem}.partial.ipynb"
+    partial_log = out_dir / f".{log.name}.partial"
     parameters = {"params_file": str(params_file), "results_root": str(results_root),
                   **stage.parameters}
-    command = [sys.executable, "-m", "papermill", str(NOTEBOOKS / stage.notebook), str(output),
-               "--cwd", str(NOTEBOOKS), "--kernel", "python3", "--no-progress-bar",
-               "-y", json.dumps(parameters)]
-    with open(log, "w") as stream:
-        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+    command = module_command("papermill", str(NOTEBOOKS / stage.notebook), str(partial_nb),
+                             "--cwd", str(NOTEBOOKS), "--kernel", "python3", "--no-progress-bar",
+                             "-y", json.dumps(parameters))
+    with open(partial_log, "w") as stream:
+        proc = children.start(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+        try:
+            code, failed = _wait_or_fail_early(proc, partial_nb)
+        finally:
+            children.finished(proc)
+    log_text = partial_log.read_text(errors="replace")
+    full = _disk_full(out_dir, log_text)
+    stopped = code != 0 and children.stopping and failed is None  # stopped by the runner
+    if failed is not None and not full:  # papermill was stopped right after the failing cell
+        atomic_write_text(nbformat.writes(failed), output)
+        partial_nb.unlink(missing_ok=True)
+    else:
+        _keep_if_complete(partial_nb, output,
+                          complete=not (full or stopped) and _readable_notebook(partial_nb))
+    _keep_if_complete(partial_log, log, complete=not (full or stopped))
     if code != 0:
-        raise MirlError(f"stage {stage.name} failed: see {output} (the failing cell) and {log}")
+        where = f"notebook {output}, log {log}" if not full else f"results folder {out_dir.parent}"
+        raise StageFailed(f"stage {stage.name} failed: "
+                          f"{failure_reason(output if output.exists() else None, log_text)} "
+                          f"({where})")
     return output
+
+
+def _wait_or_fail_early(proc: subprocess.Popen, notebook: Path, poll_s: float = 0.5
+                        ) -> tuple[int, Any]:
+    """Wait for papermill; return ``(exit code, None)``. Papermill rewrites the executed notebook
+    after every cell, then spends seconds shutting its kernel down after an error: as soon as
+    the notebook shows a cell's error, stop papermill and return ``(1, that notebook)``, so the
+    runner reports the failure at once."""
+    seen = None
+    while True:
+        try:
+            return proc.wait(timeout=poll_s), None
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            stamp = notebook.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+        if stamp == seen:
+            continue
+        seen = stamp
+        try:
+            executed = nbformat.read(notebook, as_version=4)
+        except Exception:  # caught mid-write: look again at the next change
+            seen = None
+            continue
+        if any(out.get("output_type") == "error" for cell in executed.cells
+               for out in cell.get("outputs", [])):
+            kill_tree(proc)
+            return 1, executed
+
+
+def _keep_if_complete(partial: Path, final: Path, complete: bool) -> None:
+    if complete and partial.exists():
+        os.replace(partial, final)
+    else:
+        partial.unlink(missing_ok=True)
+
+
+def _readable_notebook(path: Path) -> bool:
+    try:
+        nbformat.read(path, as_version=4)
+        return True
+    except Exception:  # missing, truncated or not JSON: not a notebook to keep
+        return False
+
+
+def _disk_full(folder: Path, log_text: str) -> bool:
+    return ("no space left on device" in log_text.lower()
+            or shutil.disk_usage(folder).free < 1 << 16)
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit))\b:?\s*(.*)$")
+
+
+def failure_reason(notebook: Path | None, log_text: str) -> str:
+    """The failing cell's exception as one line (``Type: message``), from the executed notebook,
+    else the last exception line of the log."""
+    if notebook is not None:
+        try:
+            cells = nbformat.read(notebook, as_version=4).cells
+        except Exception:  # unreadable notebook: fall back to the log
+            cells = []
+        for cell in cells:
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    message = (out.get("evalue") or "").strip().splitlines()
+                    return f"{out.get('ename')}: {message[0] if message else ''}".rstrip(": ")
+    lines = [ln.strip() for ln in log_text.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
+    if "no space left on device" in log_text.lower():
+        full = [ln for ln in lines if "no space left on device" in ln.lower()]
+        return full[-1] if full else "no space left on device"
+    return lines[-1] if lines else "papermill stopped without an error message (see the log)"
 
 
 def export_html(notebook: Path, target: Path) -> Path:
     """The executed notebook as a standalone HTML page (images embedded), readable without a kernel."""
     import nbconvert
-    import nbformat
 
     body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
     atomic_write_text(body, target)
@@ -158,13 +263,14 @@ def dependencies(study: Study, stages: list[Stage]) -> dict[str, set[str]]:
     return deps
 
 
-def schedule(deps: dict[str, set[str]], jobs: int, run_stage: Callable[[str], None]) -> None:
+def schedule(deps: dict[str, set[str]], jobs: int, run_stage: Callable[[str], None],
+             abort: Callable[[], None] = lambda: None) -> None:
     """Run every stage once the stages it depends on have finished, ``jobs`` at a time.
 
     ``graphlib.TopologicalSorter`` decides what is ready; among ready stages, a free slot goes to
     the one listed first in ``deps`` (stage order: the trunk before the branches, so the critical
-    path never waits behind a long branch). On the first failure nothing new starts; stages already
-    running finish, then the failure is raised.
+    path never waits behind a long branch). On the first failure (or Ctrl-C) nothing new starts,
+    ``abort()`` stops the stages still running, and the failure is raised.
     """
     priority = {name: i for i, name in enumerate(deps)}
     sorter = TopologicalSorter(deps)
@@ -173,30 +279,61 @@ def schedule(deps: dict[str, set[str]], jobs: int, run_stage: Callable[[str], No
     ready: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[Future, str] = {}
-        while failure is None and sorter.is_active():
-            ready = sorted([*ready, *sorter.get_ready()], key=priority.__getitem__)
-            while ready and len(running) < jobs:
-                name = ready.pop(0)
-                running[pool.submit(run_stage, name)] = name
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                name = running.pop(future)
-                if future.exception() is not None:
-                    failure = failure or future.exception()
-                else:
-                    sorter.done(name)
+        try:
+            while failure is None and sorter.is_active():
+                ready = sorted([*ready, *sorter.get_ready()], key=priority.__getitem__)
+                while ready and len(running) < jobs:
+                    name = ready.pop(0)
+                    running[pool.submit(run_stage, name)] = name
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    if future.exception() is not None:
+                        failure = failure or future.exception()
+                    else:
+                        sorter.done(name)
+        except BaseException:  # Ctrl-C while waiting: stop the running stages before leaving
+            abort()
+            raise
+        if failure is not None:
+            abort()
     if failure is not None:
         raise failure
 
 
 def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1) -> Study:
-    """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time."""
+    """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time.
+
+    Holds ``<run>/.lock`` throughout. On the first failing stage nothing new starts, the stages
+    still running are stopped (their training resumes from its last checkpoint next time) and
+    ``StageFailed`` is raised with the failing cell's own error.
+    """
     params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
     study = open_study(params_file, results_root)
     stages = stage_list(study)
     unknown = sorted(set(force) - {s.name for s in stages})
     if unknown:
         raise MirlError(f"--force: unknown stage(s) {unknown}; stages: {[s.name for s in stages]}")
+    study.check_identity()
+    lock = RunLock(study.run_dir)
+    warning = lock.acquire()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
+            _run_stages(study, stages, params_file, results_root, force, jobs, children,
+                        kernel_env(Path(jupyter)))
+    finally:
+        children.kill_all()
+        lock.release()
+    print(reproduction_report(study), flush=True)
+    return study
+
+
+def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_root: Path,
+                force: tuple[str, ...], jobs: int, children: Children, env: dict[str, str]
+                ) -> None:
     study.prepare()
     keep_reference(study)
     out_dir = study.run_dir / "notebooks"
@@ -217,16 +354,22 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs
             return
         t0 = time.time()
         print(f"{where}: running {stage.notebook} ...", flush=True)
-        executed = execute(stage, params_file, results_root, out_dir)
+        executed = execute(stage, params_file, results_root, out_dir, children, env)
         if name == "figures":
             print(f"{where}: report {export_html(executed, study.run_dir / 'report.html')}", flush=True)
         print(f"{where}: finished in {time.time() - t0:.0f} s "
               f"(total {(time.time() - started) / 60:.1f} min)", flush=True)
 
-    schedule(deps, jobs, one)
-    print(reproduction_report(study), flush=True)
+    schedule(deps, jobs, one, abort=children.kill_all)
     print(f"Study finished in {(time.time() - started) / 60:.1f} min: {study.run_dir}", flush=True)
-    return study
+
+
+INTERRUPTED = ("interrupted: finished stages are kept and an interrupted training resumes from "
+               "its last checkpoint; run the same command again to continue")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--jobs", type=int, default=2,
                        help="stages run at once where dependencies allow (default 2)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops like Ctrl-C
     try:
         if args.command == "list":
             study = open_study(args.params, args.results)
+            study.check_identity()  # a folder of another config has no "done" stages for this one
             for stage in stage_list(study):
                 print(f"{stage.name}\t{'done' if stage_done(study, stage) else 'todo'}")
         else:
@@ -251,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     except MirlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     return 0
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -75,3 +76,21 @@ def viewer_make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path]
 def viewer_run(tmp_path: Path, viewer_make_run: Callable[[Path], Path]) -> Path:
     """A small finished run folder (tiny preset, bundled 64 px test images, 5 tickets)."""
     return viewer_make_run(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_leave_the_working_tree_as_found() -> Iterator[None]:
+    """Fail the session if a test changed tracked files or left untracked ones in the checkout."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def status() -> str | None:
+        try:
+            return subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                                  text=True, timeout=60, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None  # not a git checkout: nothing to compare
+
+    before = status()
+    yield
+    after = status()
+    assert before is None or after == before, f"tests changed the working tree:\n{after}"

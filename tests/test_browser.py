@@ -29,6 +29,8 @@ from mirl_lib.fileio import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
+# The README's screenshot; the test rewrites it only when MIRL_UPDATE_SCREENSHOT=1, so a test run
+# leaves the working tree as it found it.
 SCREENSHOT = REPO / "results" / "screenshots" / "viewer.png"
 COMMITTED_RUN = REPO / "results" / "default"
 SERVER_START_S = 90
@@ -137,8 +139,9 @@ def _run_all(page, selector: str) -> None:
                 raise
 
 
-def test_viewer_renders_and_wipe_moves_in_chromium(lab: tuple[str, str]) -> None:
+def test_viewer_renders_and_wipe_moves_in_chromium(lab: tuple[str, str], tmp_path: Path) -> None:
     base, token = lab
+    shot = SCREENSHOT if os.environ.get("MIRL_UPDATE_SCREENSHOT") == "1" else tmp_path / "viewer.png"
     main = "img.mirl-viewer-main"
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -154,7 +157,7 @@ def test_viewer_renders_and_wipe_moves_in_chromium(lab: tuple[str, str]) -> None
             viewer.scroll_into_view_if_needed()
             page.wait_for_timeout(500)  # let the layout settle before the screenshot
             before = _shot(page.locator(main))
-            atomic_write_bytes(viewer.screenshot(), SCREENSHOT)
+            atomic_write_bytes(viewer.screenshot(), shot)
             old_src = page.locator(main).get_attribute("src")
             handle = page.locator(".mirl-viewer-wipe .noUi-handle").first
             handle.focus()
@@ -172,5 +175,5 @@ def test_viewer_renders_and_wipe_moves_in_chromium(lab: tuple[str, str]) -> None
     left, right = slice(0, int(w * 0.45)), slice(int(w * 0.55), w)
     assert np.abs(after[:, left] - before[:, left]).mean() < 2, "the restored half changed"
     assert np.abs(after[:, right] - before[:, right]).mean() > 5, "the wipe did not move"
-    saved = Image.open(SCREENSHOT)
+    saved = Image.open(shot)
     assert saved.width > 400 and np.asarray(saved.convert("L")).std() > 10
