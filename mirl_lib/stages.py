@@ -119,6 +119,13 @@ def reproduction_report(study: Study) -> str:
             + (f"; {missing} rows present in only one of the two" if missing else "") + ".")
 
 
+def executed_notebook(stage: Stage, out_dir: Path) -> Path:
+    """Where the executed copy of a stage's notebook is kept (its log beside it, ``.log``)."""
+    suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}"
+                     for v in stage.parameters.values())
+    return out_dir / f"{Path(stage.notebook).stem}{suffix}.ipynb"
+
+
 class StageFailed(MirlError):
     """A stage notebook failed; the message holds the notebook's own error and where to look."""
 
@@ -129,8 +136,7 @@ def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
     copy and a log go to ``out_dir``. Both are written to hidden temporary files and replace the
     previous ones only when complete, so an interrupted or full-disk run leaves the previous
     version, never a truncated file. Raises ``StageFailed`` with the notebook's own error."""
-    suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}" for v in stage.parameters.values())
-    output = out_dir / f"{Path(stage.notebook).stem}{suffix}.ipynb"
+    output = executed_notebook(stage, out_dir)
     log = output.with_suffix(".log")
     partial_nb = out_dir / f".{output.stem}.partial.ipynb"
     partial_log = out_dir / f".{log.name}.partial"
@@ -350,8 +356,12 @@ def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_ro
             for path in move_aside(study, stage):
                 print(f"{where}: moved {path.name} aside", flush=True)
         elif stage_done(study, stage):
-            print(f"{where}: done already, skipped", flush=True)
-            return
+            if executed_notebook(stage, out_dir).exists():
+                print(f"{where}: done already, skipped", flush=True)
+                return
+            # the points are done but the run that made them was stopped before the notebook
+            # was complete: run it again (it trains nothing) so every stage has its notebook
+            print(f"{where}: done already; running its notebook again to record it", flush=True)
         t0 = time.time()
         print(f"{where}: running {stage.notebook} ...", flush=True)
         executed = execute(stage, params_file, results_root, out_dir, children, env)

@@ -16,7 +16,7 @@ import yaml
 
 from mirl_lib.config import load_config
 from mirl_lib.lottery import Study
-from mirl_lib.stages import stage_list
+from mirl_lib.stages import executed_notebook, stage_list
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "params" / "smoke.yaml"
@@ -50,7 +50,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_resumed_run_skips_finished_stages(smoke_run: tuple[Path, str]) -> None:
     _, log = smoke_run
     for stage in ("dense", "round_01"):
-        assert f"{stage}: done already, skipped" in log
+        assert f"{stage}: done already" in log  # no training repeated
     assert "data: running" in log  # seconds-long stages without points always rerun
     assert "round_03: finished" in log and "Study finished" in log
 
@@ -74,9 +74,7 @@ def test_every_artifact_exists_and_is_consistent(smoke_run: tuple[Path, str]) ->
     assert "## Answer" in summary
     assert re.search(r"(matches|does not match) the dense network", summary)
     for stage in stage_list(study):
-        suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}"
-                         for v in stage.parameters.values())
-        notebook = run_dir / "notebooks" / f"{Path(stage.notebook).stem}{suffix}.ipynb"
+        notebook = executed_notebook(stage, run_dir / "notebooks")
         nb = nbformat.read(notebook, as_version=4)
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and str(SMOKE) in injected[0].source, notebook
