@@ -112,11 +112,16 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """One training run (dense, or one pruning round). Schedule: linear warmup then cosine decay.
 
-    ``device``, ``threads``, ``log_every`` and ``checkpoint_every`` are runtime settings: changing
-    them neither refuses a run folder nor stops a training from resuming.
+    ``device``, ``threads``, ``log_every``, ``checkpoint_every`` and ``gpus`` are runtime settings:
+    changing them neither refuses a run folder nor stops a training from resuming.
+
+    ``gpus`` > 1 trains every point under ``torchrun --nproc_per_node=gpus`` (DDP, one process per
+    GPU, the global ``batch_size`` split over them; on ``device: cpu`` the processes use gloo);
+    0 or 1 trains in the calling process.
     """
 
-    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
+                                          "gpus")
 
     steps: int = 1000
     batch_size: int = 8
@@ -132,6 +137,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = 200
     log_every: int = 20
     threads: int = 0
+    gpus: int = 0
 
     def __post_init__(self) -> None:
         _require(self.steps > 0, "train.steps", "must be positive")
@@ -143,6 +149,9 @@ class TrainConfig(_Section):
                  "train.device", "must be auto, cpu, cuda, cuda:N or mps")
         _require(self.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
         _require(self.log_every > 0, "train.log_every", "must be positive")
+        _require(self.gpus >= 0, "train.gpus", "must be >= 0 (0 or 1: one process)")
+        _require(self.gpus <= 1 or self.batch_size % self.gpus == 0, "train.gpus",
+                 f"batch_size {self.batch_size} is not divisible by {self.gpus} processes")
 
 
 @dataclass(frozen=True)

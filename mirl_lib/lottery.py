@@ -39,7 +39,8 @@ from mirl_lib.evaluate import evaluate
 from mirl_lib.fileio import atomic_write_text
 from mirl_lib.model import PromptIR, build_model
 from mirl_lib.strategies import REGISTRY, PointContext, Schedule
-from mirl_lib.train import train
+from mirl_lib.processes import launch_distributed
+from mirl_lib.train import TrainResult, train
 
 
 @functools.lru_cache(maxsize=8)
@@ -151,7 +152,11 @@ class Study:
                              for s, r in points])
 
     def run_point(self, seed: int, strategy: str, rnd: int) -> dict:
-        """Train and evaluate one point unless it is already done; return its record."""
+        """Train and evaluate one point unless it is already done; return its record.
+
+        With ``train.gpus`` > 1 the training runs under ``torchrun`` (``mirl_lib.distributed``),
+        one process per GPU; evaluation and the record stay in this process.
+        """
         folder = self.point_dir(seed, strategy, rnd)
         if self.is_done(seed, strategy, rnd):
             return json.loads((folder / "point.json").read_text())
@@ -161,12 +166,25 @@ class Study:
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
         with _threads(self.cfg.train.threads):  # evaluation too, not only training
-            model, mask, start_step, extra = self.start(seed, strategy, rnd)
-            result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed), folder,
-                           seed=seed, mask=mask, start_step=start_step,
-                           snapshot_steps=REGISTRY[strategy].snapshot_steps(self.cfg),
-                           progress_desc=f"seed {seed} {strategy} r{rnd}")
+            if self.cfg.train.gpus > 1 and not (folder / "final.pt").exists():
+                self.start(seed, strategy, rnd)  # mask.pt (and init.pt) before the ranks read them
+                launch_distributed("mirl_lib.distributed", self.cfg.train.gpus,
+                                   str(self.run_dir), str(seed), strategy, str(rnd))
+            # after a distributed run, train() finds final.pt and only loads it
+            model, mask, result, extra = self.train_point(seed, strategy, rnd)
             return self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra)
+
+    def train_point(self, seed: int, strategy: str, rnd: int
+                    ) -> tuple[PromptIR, masks.Mask, TrainResult, dict]:
+        """Train one point in this process (or in this rank, under torchrun); returns the trained
+        model, its mask, the training result and what to record."""
+        model, mask, start_step, extra = self.start(seed, strategy, rnd)
+        result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed),
+                       self.point_dir(seed, strategy, rnd), seed=seed, mask=mask,
+                       start_step=start_step,
+                       snapshot_steps=REGISTRY[strategy].snapshot_steps(self.cfg),
+                       progress_desc=f"seed {seed} {strategy} r{rnd}")
+        return model, mask, result, extra
 
     def start(self, seed: int, strategy: str, rnd: int
               ) -> tuple[PromptIR, masks.Mask, int, dict]:

@@ -186,6 +186,21 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
+def launch_distributed(module: str, processes: int, *args: str) -> None:
+    """Run ``python -m module args`` in ``processes`` ranks under ``torchrun --standalone``
+    (the ranks and torchrun die with this process); raises ``MirlError`` if any rank fails."""
+    command = module_command("torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={processes}", "-m", module, *args)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+    code = subprocess.run(command, env=env).returncode
+    if code != 0:
+        raise MirlError(f"torchrun with {processes} processes failed (exit {code}) running "
+                        f"{module} {' '.join(args)}; its ranks' errors are printed above")
+
+
 def main(argv: list[str]) -> None:
     """``python -m mirl_lib.processes MODULE ARGS...``: run MODULE as a child of this parent."""
     die_with_parent()

@@ -50,9 +50,11 @@ class Stage:
     points: tuple[tuple[str, int], ...] = ()
 
 
-def open_study(params_file: str | Path, results_root: str | Path) -> Study:
-    """The study of a params file, in ``<results_root>/<study.name>``."""
-    cfg = load_config(params_file)
+def open_study(params_file: str | Path, results_root: str | Path,
+               overrides: dict | None = None) -> Study:
+    """The study of a params file (with ``overrides``, a nested dict such as
+    ``{"train": {"gpus": 2}}``, merged over it), in ``<results_root>/<study.name>``."""
+    cfg = load_config(params_file, overrides)
     try:
         return Study(cfg, Path(results_root) / cfg.study.name)
     except ConfigError as exc:
@@ -131,7 +133,7 @@ class StageFailed(MirlError):
 
 
 def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
-            children: Children, env: dict[str, str]) -> Path:
+            children: Children, env: dict[str, str], overrides: dict | None = None) -> Path:
     """Run one stage notebook through papermill in a child process (``children``); the executed
     copy and a log go to ``out_dir``. Both are written to hidden temporary files and replace the
     previous ones only when complete, so an interrupted or full-disk run leaves the previous
@@ -141,7 +143,7 @@ def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
     partial_nb = out_dir / f".{output.stem}.partial.ipynb"
     partial_log = out_dir / f".{log.name}.partial"
     parameters = {"params_file": str(params_file), "results_root": str(results_root),
-                  **stage.parameters}
+                  "overrides": overrides or {}, **stage.parameters}
     command = module_command("papermill", str(NOTEBOOKS / stage.notebook), str(partial_nb),
                              "--cwd", str(NOTEBOOKS), "--kernel", "python3", "--no-progress-bar",
                              "-y", json.dumps(parameters))
@@ -307,15 +309,17 @@ def schedule(deps: dict[str, set[str]], jobs: int, run_stage: Callable[[str], No
         raise failure
 
 
-def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1) -> Study:
+def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1,
+        overrides: dict | None = None) -> Study:
     """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time.
+    ``overrides`` (runtime settings such as ``{"train": {"gpus": 2}}``) reach every notebook.
 
     Holds ``<run>/.lock`` throughout. On the first failing stage nothing new starts, the stages
     still running are stopped (their training resumes from its last checkpoint next time) and
     ``StageFailed`` is raised with the failing cell's own error.
     """
     params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
-    study = open_study(params_file, results_root)
+    study = open_study(params_file, results_root, overrides)
     stages = stage_list(study)
     unknown = sorted(set(force) - {s.name for s in stages})
     if unknown:
@@ -329,7 +333,7 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs
     try:
         with tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
             _run_stages(study, stages, params_file, results_root, force, jobs, children,
-                        kernel_env(Path(jupyter)))
+                        kernel_env(Path(jupyter)), overrides)
     finally:
         children.kill_all()
         lock.release()
@@ -338,8 +342,8 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs
 
 
 def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_root: Path,
-                force: tuple[str, ...], jobs: int, children: Children, env: dict[str, str]
-                ) -> None:
+                force: tuple[str, ...], jobs: int, children: Children, env: dict[str, str],
+                overrides: dict | None) -> None:
     study.prepare()
     keep_reference(study)
     out_dir = study.run_dir / "notebooks"
@@ -364,7 +368,7 @@ def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_ro
             print(f"{where}: done already; running its notebook again to record it", flush=True)
         t0 = time.time()
         print(f"{where}: running {stage.notebook} ...", flush=True)
-        executed = execute(stage, params_file, results_root, out_dir, children, env)
+        executed = execute(stage, params_file, results_root, out_dir, children, env, overrides)
         if name == "figures":
             print(f"{where}: report {export_html(executed, study.run_dir / 'report.html')}", flush=True)
         print(f"{where}: finished in {time.time() - t0:.0f} s "
@@ -393,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--force", action="append", default=[], metavar="STAGE")
     run_p.add_argument("--jobs", type=int, default=2,
                        help="stages run at once where dependencies allow (default 2)")
+    run_p.add_argument("--gpus", type=int, default=None, metavar="N",
+                       help="train every point under torchrun with N processes, one per GPU "
+                            "(sets train.gpus; default: the params file's, one process)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops like Ctrl-C
     try:
@@ -402,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             for stage in stage_list(study):
                 print(f"{stage.name}\t{'done' if stage_done(study, stage) else 'todo'}")
         else:
-            run(args.params, args.results, tuple(args.force), max(1, args.jobs))
+            overrides = {"train": {"gpus": args.gpus}} if args.gpus is not None else None
+            run(args.params, args.results, tuple(args.force), max(1, args.jobs), overrides)
     except MirlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -299,7 +299,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         atomic_write_text(frame.to_csv(index=False), out_dir / HISTORY_FILE)
         save_weights(model, out_dir / FINAL_FILE,
                      {"final_step": done, "seconds": seconds, "seed": seed,
-                      "start_step": start_step, "train_config": dataclasses.asdict(cfg)})
+                      "world_size": ctx.world_size, "start_step": start_step,
+                      "train_config": dataclasses.asdict(cfg)})
     if ctx.world_size > 1:
         dist.barrier()
     _set_memory_format(model, torch.contiguous_format)
