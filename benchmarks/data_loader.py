@@ -8,7 +8,9 @@ as JPEG), then measures batches/s of ``data.step_batches`` with the published sa
 decode, which is the case that matters. Beside it, the seconds of one masked training step
 (forward, backward, AdamW; half the prunable weights masked) for the current device and preset:
 the ``cpu`` preset with 1 thread on CPU, the ``paper`` preset in bf16 on CUDA. ``loader_margin`` =
-batches_per_s * step_s: above 1 the loader keeps up with the model.
+batches_per_s * step_s: above 1 the loader keeps up with the model. ``load_avg_1min`` is the
+machine's load when the row was measured (the figures are only comparable on an otherwise idle
+machine).
 
 Run ``python benchmarks/data_loader.py [--count 30] [--batches 40] [--preset cpu]``; writes
 ``results/benchmarks/data_loader.csv`` and prints a summary.
@@ -151,6 +153,7 @@ def main() -> None:
                          "step_s": round(step_s, 4), "loader_margin": round(rate * step_s, 2),
                          "batches": args.batches, "cpu_count": os.cpu_count(),
                          "header_check_ms_per_file": round(1000 * built / files, 3),
+                         "load_avg_1min": round(os.getloadavg()[0], 2),
                          "torch_version": torch.__version__})
             print(f"workers {workers}: {rate:6.1f} batches/s ({1000 / rate:5.1f} ms a batch, "
                   f"first after {startup:.2f} s); the {preset} step takes {step_s * 1000:.0f} ms, "
