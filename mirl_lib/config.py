@@ -22,19 +22,44 @@ import yaml
 from mirl_lib.errors import ConfigError
 
 TASKS: tuple[str, ...] = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+# Task families: the three noise levels share their clean images (and dataset folders).
+TASK_FAMILIES: tuple[str, ...] = ("denoise", "derain", "dehaze")
+SAMPLINGS: tuple[str, ...] = ("balanced", "published")
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def task_family(task: str) -> str:
+    """``denoise`` for the three noise levels, else the task itself."""
+    return "denoise" if task.startswith("denoise") else task
 
 
 class _Section:
     """Shared by the config sections. ``RUNTIME`` names the fields that do not change any result
     (where and how fast a run goes, how often it logs); every other field is part of the run's
-    identity."""
+    identity. ``LATER`` names identity fields added after results were first recorded: while such a
+    field holds its default it is left out of ``identity()``, so adding it changed no existing
+    run's hash, run folder or resumable ``state.pt``."""
 
     RUNTIME: ClassVar[tuple[str, ...]] = ()
+    LATER: ClassVar[tuple[str, ...]] = ()
 
     def identity(self) -> dict[str, Any]:
-        """The fields that change results, as plain JSON-able values."""
-        values = json.loads(json.dumps(dataclasses.asdict(self)))
+        """The fields that change results, as plain JSON-able values (``LATER`` ones at their
+        default left out)."""
+        values = self._identity_values()
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.LATER}
+        return {k: v for k, v in values.items()
+                if k not in defaults or _plain(getattr(self, k)) != _plain(defaults[k])}
+
+    def _identity_values(self) -> dict[str, Any]:
+        """Every field that changes results, defaults included."""
+        values = _plain(dataclasses.asdict(self))
         return {k: v for k, v in values.items() if k not in self.RUNTIME}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON values (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 @dataclass(frozen=True)
@@ -84,7 +109,20 @@ class DataConfig(_Section):
     ``root``) or ``folder`` (any folder of clean photos under ``root``, synthesized into all tasks).
     ``test_seed`` fixes the test degradations (combined with each image's name, never its order);
     it is the same for every training seed so all runs are scored on the same degraded images.
+
+    ``sampling``: ``balanced`` (every task gets the same share of each batch) or ``published`` (the
+    published all-in-one mixture: every noise image 3 times per sigma, Rain100L 120 times, every
+    haze pair once, shuffled per epoch). ``<family>_<split>`` (``denoise_train``, ...) list the
+    dataset folders of the ``mirl`` source under ``<root>/<split>/<family>/``; the defaults are the
+    published ones. ``workers`` (DataLoader processes making training batches, 0 = in the training
+    process) and ``cache_mb`` (decoded images each of those processes keeps) are runtime settings.
+    See ``docs/data.md``.
     """
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("workers", "cache_mb")
+    LATER: ClassVar[tuple[str, ...]] = ("sampling", "denoise_train", "denoise_test",
+                                        "derain_train", "derain_test", "dehaze_train",
+                                        "dehaze_test")
 
     source: str = "bundled"
     root: str = "datasets"
@@ -94,6 +132,15 @@ class DataConfig(_Section):
     test_per_task: int = 0
     folder_test_fraction: float = 0.25
     test_seed: int = 0
+    sampling: str = "balanced"
+    denoise_train: tuple[str, ...] = ("WED", "BSD400")
+    denoise_test: tuple[str, ...] = ("BSD68", "Urban100")
+    derain_train: tuple[str, ...] = ("Rain100L",)
+    derain_test: tuple[str, ...] = ("Rain100L",)
+    dehaze_train: tuple[str, ...] = ("OTS",)
+    dehaze_test: tuple[str, ...] = ("SOTS",)
+    workers: int = 0
+    cache_mb: int = 256
 
     def __post_init__(self) -> None:
         _require(self.source in ("bundled", "mirl", "folder"), "data.source",
@@ -106,11 +153,31 @@ class DataConfig(_Section):
         _require(self.test_max_side >= 0, "data.test_max_side", "must be >= 0 (0 = full size)")
         _require(0.0 < self.folder_test_fraction < 1.0, "data.folder_test_fraction",
                  "must be in (0, 1)")
+        _require(self.sampling in SAMPLINGS, "data.sampling",
+                 f"must be one of {', '.join(repr(s) for s in SAMPLINGS)}")
+        for family in TASK_FAMILIES:
+            for split in ("train", "test"):
+                key = f"{family}_{split}"
+                names = getattr(self, key)
+                bad = [n for n in names if not _FOLDER_NAME.fullmatch(n) or set(n) == {"."}]
+                _require(not bad, f"data.{key}", f"{bad} are not folder names (letters, digits, "
+                         f"'_', '-', '+', '.'; no '/')")
+                _require(len(set(names)) == len(names), f"data.{key}", "lists a dataset twice")
+                _require(bool(names) or not any(task_family(t) == family for t in self.tasks),
+                         f"data.{key}", f"lists no dataset, but data.tasks has {family} tasks")
+        _require(self.workers >= 0, "data.workers", "must be >= 0 (0 = in the training process)")
+        _require(self.cache_mb >= 0, "data.cache_mb", "must be >= 0")
 
 
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     """One training run (dense, or one pruning round). Schedule: linear warmup then cosine decay.
+
+    Durations are given in optimizer steps (``steps``, ``warmup_steps``) or in epochs of the
+    training data (``epochs``, ``warmup_epochs``, as the paper states them), never both. With
+    epochs, ``steps`` and ``warmup_steps`` are 0 until ``mirl_lib.train.resolve_steps`` derives them
+    from the data found on disk (``steps = epochs * ceil(epoch size / batch_size)``); a config
+    holding both is such a resolved one and must be consistent.
 
     ``device``, ``threads``, ``log_every``, ``checkpoint_every`` and ``gpus`` are runtime settings:
     changing them neither refuses a run folder nor stops a training from resuming.
@@ -122,6 +189,7 @@ class TrainConfig(_Section):
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
                                           "gpus")
+    LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs")
 
     steps: int = 1000
     batch_size: int = 8
@@ -138,12 +206,31 @@ class TrainConfig(_Section):
     log_every: int = 20
     threads: int = 0
     gpus: int = 0
+    epochs: int = 0
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.steps > 0, "train.steps", "must be positive")
         _require(self.batch_size > 0, "train.batch_size", "must be positive")
         _require(self.lr > 0, "train.lr", "must be positive")
-        _require(0 <= self.warmup_steps < self.steps, "train.warmup_steps", "must be in [0, steps)")
+        if self.epochs == 0:
+            _require(self.warmup_epochs == 0, "train.warmup_epochs",
+                     "needs train.epochs (give durations in epochs or in steps, not both)")
+            _require(self.steps > 0, "train.steps", "must be positive")
+        else:
+            _require(self.epochs > 0, "train.epochs", "must be positive (0 = durations in steps)")
+            _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs",
+                     "must be in [0, epochs)")
+            _require(self.steps >= 0, "train.steps", "must be >= 0")
+            per_epoch = self.steps // self.epochs
+            _require(self.steps % self.epochs == 0
+                     and self.warmup_steps == self.warmup_epochs * per_epoch, "train.steps",
+                     f"{self.steps} steps and {self.warmup_steps} warmup steps are not "
+                     f"train.epochs={self.epochs} and train.warmup_epochs={self.warmup_epochs} "
+                     f"epochs of one size; with epochs leave steps and warmup_steps out, or 0 "
+                     f"(they are derived from the data)")
+        if self.steps > 0:
+            _require(0 <= self.warmup_steps < self.steps, "train.warmup_steps",
+                     "must be in [0, steps)")
         _require(len(self.betas) == 2, "train.betas", "needs 2 entries")
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "train.device", "must be auto, cpu, cuda, cuda:N or mps")
@@ -233,10 +320,12 @@ class Config:
 
 def identity_changes(old: Config, new: Config) -> list[str]:
     """``section.key: old -> new`` for every identity field that differs."""
-    before, after = old.identity(), new.identity()
+    sections = [f.name for f in dataclasses.fields(Config)]
+    before = {name: getattr(old, name)._identity_values() for name in sections}
+    after = {name: getattr(new, name)._identity_values() for name in sections}
     changes = []
-    for section in sorted(set(before) | set(after)):
-        a, b = before.get(section, {}), after.get(section, {})
+    for section in sections:
+        a, b = before[section], after[section]
         changes += [f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}"
                     for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
     return changes
@@ -326,10 +415,28 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         hints = typing.get_type_hints(Config)
         built = {"model": model_config(data.get("model") or {})}
         for name in ("data", "train", "prune", "study"):
-            built[name] = section_from_dict(hints[name], data.get(name), name)
+            section = _durations(data.get(name)) if name == "train" else data.get(name)
+            built[name] = section_from_dict(hints[name], section, name)
         return Config(**built)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _durations(train: Any) -> Any:
+    """The ``train`` mapping with its durations in one kind: ``epochs``/``warmup_epochs`` or
+    ``steps``/``warmup_steps`` (a key written as 0 counts as not given). With epochs the step
+    counts become 0, to be derived from the data (``train.resolve_steps``)."""
+    if not isinstance(train, dict):
+        return train
+    given = {k for k in ("steps", "warmup_steps", "epochs", "warmup_epochs") if train.get(k)}
+    in_epochs = sorted(given & {"epochs", "warmup_epochs"})
+    in_steps = sorted(given & {"steps", "warmup_steps"})
+    if in_epochs and in_steps:
+        raise ConfigError(f"train.{in_epochs[0]} and train.{in_steps[0]}: give durations in epochs "
+                          f"(epochs, warmup_epochs) or in steps (steps, warmup_steps), not both")
+    if in_epochs and "epochs" not in given:
+        raise ConfigError("train.warmup_epochs: needs train.epochs")
+    return {**train, "steps": 0, "warmup_steps": 0} if in_epochs else train
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -6,6 +6,8 @@ what a study measures: grayscale, alpha, palette, 16-bit, float and CMYK files a
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +51,10 @@ def _tile_is_16bit(image: Image.Image) -> bool:
     return False
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read 8-bit RGB as float32 (H, W, 3) in [0, 1]; anything else raises ``ImageError``."""
-    path = Path(path)
+@contextmanager
+def _open_rgb(path: Path) -> Iterator[Image.Image]:
+    """The opened (not yet decoded) image at ``path`` once its mode is 8-bit RGB; every Pillow
+    failure inside the block becomes an ``ImageError`` naming the file."""
     if not path.is_file():
         raise ImageError(f"{path}: image file not found")
     try:
@@ -64,17 +67,40 @@ def read_rgb(path: str | Path) -> np.ndarray:
                                  f"8-bit RGB")
             if _tile_is_16bit(image):
                 raise ImageError(f"{path}: image is 16-bit; convert it to 8-bit RGB")
-            image.load()
-            array = np.asarray(image)
+            yield image
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image file (corrupt or unknown format)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: image file is truncated or corrupt ({exc})") from None
+
+
+def read_rgb_uint8(path: str | Path) -> np.ndarray:
+    """Read 8-bit RGB as uint8 (H, W, 3); anything else raises ``ImageError``."""
+    path = Path(path)
+    with _open_rgb(path) as image:
+        image.load()
+        array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ImageError(f"{path}: decoded to {array.dtype} {array.shape}, expected 8-bit RGB")
-    return array.astype(np.float32) / 255.0
+    return array
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read 8-bit RGB as float32 (H, W, 3) in [0, 1]; anything else raises ``ImageError``."""
+    return read_rgb_uint8(path).astype(np.float32) / 255.0
+
+
+def rgb_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an 8-bit RGB image from its header, without decoding the pixels.
+
+    Everything ``read_rgb`` checks before decoding is checked (missing, unreadable header, mode,
+    16-bit samples); a file truncated inside its pixel data only fails when it is read.
+    """
+    path = Path(path)
+    with _open_rgb(path) as image:
+        return image.height, image.width
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

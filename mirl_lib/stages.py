@@ -423,10 +423,12 @@ def main(argv: list[str] | None = None) -> int:
 def config_notes(cfg: Config) -> str:
     """A few lines describing the setting, for the summary page."""
     m, t, p = cfg.model, cfg.train, cfg.prune
-    return (f"Preset `{m.preset}` (dim {m.dim}, blocks {list(m.num_blocks)}), data `{cfg.data.source}` "
-            f"patch {cfg.data.patch_size}, {t.steps} steps of batch {t.batch_size} per round "
-            f"(lr {t.lr:g}, warmup {t.warmup_steps}), {p.rounds} rounds of {p.rate:.0%} {p.method} "
-            f"pruning ({p.scope} scope), seeds {list(cfg.study.seeds)}, config hash "
+    duration = (f"{t.epochs} epochs (warmup {t.warmup_epochs})" if t.epochs
+                else f"{t.steps} steps (warmup {t.warmup_steps})")
+    return (f"Preset `{m.preset}` (dim {m.dim}, blocks {list(m.num_blocks)}), data "
+            f"`{cfg.data.source}` patch {cfg.data.patch_size}, {duration} of batch "
+            f"{t.batch_size} per round (lr {t.lr:g}), {p.rounds} rounds of {p.rate:.0%} "
+            f"{p.method} pruning ({p.scope} scope), seeds {list(cfg.study.seeds)}, config hash "
             f"`{cfg.hash()}`.")
 
 

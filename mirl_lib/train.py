@@ -8,7 +8,13 @@ done).
 Batches: ``cfg.batch_size`` is the *global* batch. Under ``torchrun`` with ``WORLD_SIZE`` ranks each
 rank draws ``batch_size // WORLD_SIZE`` samples with ``source.batch(step, per_rank, rank, world)``;
 DDP averages the gradients, so the update equals one over the whole global batch. Only rank 0
-writes files.
+writes files. The batches are made by ``data.step_batches`` in ``source.workers`` DataLoader
+processes (0, or a source without that attribute: in the training process), pinned when training
+on CUDA; since a batch is a pure function of (seed, step, rank), any worker count gives the same
+run.
+
+Durations: a config in epochs (``TrainConfig.epochs``) is converted to steps by ``resolve_steps``
+with the source's ``epoch_size`` (``mirl_lib.data.TrainSource``) when training starts.
 """
 from __future__ import annotations
 
@@ -16,11 +22,12 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +44,7 @@ from mirl_lib.checkpoints import load_into, save_weights
 from mirl_lib.fileio import atomic_write_text
 from mirl_lib.tensorio import atomic_torch_save, cpu_state_dict, load_tensors
 from mirl_lib.config import TrainConfig
+from mirl_lib.data import BatchSource, step_batches
 from mirl_lib.device import resolve_device
 from mirl_lib.errors import CheckpointError, ConfigError
 from mirl_lib.model import PromptIR
@@ -44,13 +52,6 @@ from mirl_lib.model import PromptIR
 STATE_FILE = "state.pt"
 FINAL_FILE = "final.pt"
 HISTORY_FILE = "history.csv"
-
-
-class BatchSource(Protocol):
-    """What ``train`` needs from a data source (see ``mirl_lib.data.TrainSource``)."""
-
-    def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -77,6 +78,27 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps))
     floor = cfg.min_lr / cfg.lr
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_steps(cfg: TrainConfig, epoch_size: int, log: bool = True) -> TrainConfig:
+    """``cfg`` with ``steps`` and ``warmup_steps`` derived from its epochs and ``epoch_size`` (the
+    training samples of one epoch, ``mirl_lib.data.epoch_size``): one epoch is
+    ``ceil(epoch_size / batch_size)`` steps of the global batch, ``steps = epochs * that`` and
+    ``warmup_steps = warmup_epochs * that``. A config in steps comes back unchanged. With ``log``,
+    prints the derivation on one line to stderr.
+    """
+    if cfg.epochs == 0:
+        return cfg
+    if epoch_size < 1:
+        raise ConfigError(f"train.epochs={cfg.epochs}: the training data has no samples")
+    per_epoch = -(-epoch_size // cfg.batch_size)
+    resolved = dataclasses.replace(cfg, steps=cfg.epochs * per_epoch,
+                                   warmup_steps=cfg.warmup_epochs * per_epoch)
+    if log:
+        print(f"train: {cfg.epochs} epochs of {epoch_size} samples at batch {cfg.batch_size} "
+              f"({per_epoch} steps each) = {resolved.steps} steps, warmup {cfg.warmup_epochs} "
+              f"epochs = {resolved.warmup_steps} steps", file=sys.stderr, flush=True)
+    return resolved
 
 
 def _offset_factor(i: int, cfg: TrainConfig, offset: int) -> float:
@@ -167,9 +189,17 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
     save ``weights_step{k}.pt``. ``stop_after=k`` stops once global step k is done (state saved,
     no ``final.pt``), as an interruption would. Resumes from ``state.pt``; returns at once when
     ``final.pt`` exists. ``cfg.threads`` applies during the run only. The model is left on the
-    training device.
+    training device. A ``cfg`` in epochs whose steps are not derived yet (``steps == 0``) is
+    resolved with ``source.epoch_size`` (``resolve_steps``); ``final.pt`` records the resolved
+    config (``train_config``) and the epoch size.
     """
     out_dir = Path(out_dir)
+    if cfg.epochs and not cfg.steps:
+        size = getattr(source, "epoch_size", None)
+        if size is None:
+            raise ConfigError(f"train.epochs={cfg.epochs}: this data source does not know its "
+                              f"epoch size; pass resolve_steps(cfg, epoch_size) instead")
+        cfg = resolve_steps(cfg, size, log=os.environ.get("RANK", "0") == "0")
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     if (out_dir / FINAL_FILE).is_file():
@@ -236,6 +266,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
     writer = ctx.rank == 0
     per_rank = cfg.batch_size // ctx.world_size
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    batches = step_batches(source, range(done, end), per_rank, ctx.rank, ctx.world_size,
+                           workers=getattr(source, "workers", 0), pin_memory=cuda)
     running = torch.tensor(loss_sum, device=device)
     started = time.perf_counter()
 
@@ -256,9 +288,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
     try:
         if writer:
             snapshot()
-        while done < end:
-            degraded, clean, _ = source.batch(done, per_rank, rank=ctx.rank,
-                                              world_size=ctx.world_size)
+        for degraded, clean, _ in batches:
             degraded = degraded.to(device, memory_format=memory_format, non_blocking=True)
             clean = clean.to(device, memory_format=memory_format, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
@@ -290,6 +320,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
                 if done % cfg.checkpoint_every == 0 or done == end:
                     save_state()
     finally:
+        batches.close()  # stops the DataLoader workers
         bar.close()
         if enforcer is not None:
             enforcer.remove()
@@ -300,7 +331,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         save_weights(model, out_dir / FINAL_FILE,
                      {"final_step": done, "seconds": seconds, "seed": seed,
                       "world_size": ctx.world_size, "start_step": start_step,
-                      "train_config": dataclasses.asdict(cfg)})
+                      "train_config": dataclasses.asdict(cfg),
+                      "epoch_size": getattr(source, "epoch_size", None)})
     if ctx.world_size > 1:
         dist.barrier()
     _set_memory_format(model, torch.contiguous_format)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mirl_lib.config import Config, load_config, read_yaml
+from mirl_lib.config import Config, TrainConfig, identity_changes, load_config, read_yaml
 from mirl_lib.errors import ConfigError
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
@@ -27,7 +27,13 @@ def test_paper_params_are_the_published_setting() -> None:
     assert cfg.model.preset == "paper" and cfg.model.dim == 48
     assert (cfg.prune.rate, cfg.prune.rounds, cfg.prune.method) == (0.2, 15, "global")
     assert (cfg.train.batch_size, cfg.data.patch_size, cfg.train.lr) == (8, 64, 2e-4)
-    assert cfg.data.source == "mirl"
+    assert cfg.data.source == "mirl" and cfg.data.sampling == "published"
+    # 120 and 15 epochs as the paper states them; the steps are derived from the data found
+    assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.steps) == (120, 15, 0)
+    assert (cfg.data.denoise_train, cfg.data.denoise_test) == (("WED", "BSD400"),
+                                                               ("BSD68", "Urban100"))
+    assert (cfg.data.derain_train, cfg.data.dehaze_train, cfg.data.dehaze_test) == (
+        ("Rain100L",), ("OTS",), ("SOTS",))
 
 
 @pytest.mark.parametrize("text, key", [
@@ -40,6 +46,18 @@ def test_paper_params_are_the_published_setting() -> None:
     ("data:\n  tasks: [denoise_15, deblur]\n", "data.tasks: unknown task(s) ['deblur']"),
     ("study:\n  seeds: [0, 1, 0]\n", "study.seeds: lists a seed twice"),
     ("train: [1, 2]\n", "train: expected a mapping"),
+    ("train:\n  epochs: 10\n  steps: 100\n",
+     "train.epochs and train.steps: give durations in epochs (epochs, warmup_epochs) or in steps"),
+    ("train:\n  warmup_epochs: 2\n  steps: 100\n", "train.warmup_epochs and train.steps: give"),
+    ("train:\n  epochs: 10\n  warmup_steps: 5\n", "train.epochs and train.warmup_steps: give"),
+    ("train:\n  warmup_epochs: 2\n", "train.warmup_epochs: needs train.epochs"),
+    ("train:\n  epochs: 10\n  warmup_epochs: 10\n", "train.warmup_epochs: must be in [0, epochs)"),
+    ("train:\n  epochs: 2.5\n", "train.epochs: expected an integer"),
+    ("data:\n  sampling: random\n", "data.sampling: must be one of 'balanced', 'published'"),
+    ("data:\n  denoise_test: [BSD68, ../x]\n", "data.denoise_test: ['../x'] are not folder names"),
+    ("data:\n  derain_train: []\n", "data.derain_train: lists no dataset, but data.tasks has"),
+    ("data:\n  dehaze_test: [SOTS, SOTS]\n", "data.dehaze_test: lists a dataset twice"),
+    ("data:\n  workers: -1\n", "data.workers: must be >= 0"),
 ])
 def test_bad_keys_and_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "bad.yaml"
@@ -152,3 +170,40 @@ def test_recorded_run_config_is_read_with_the_same_rules(tmp_path: Path) -> None
     (run / "config.yaml").write_text("train:\n  lr: 1e-3\n  lr: 1e-3\n")
     with pytest.raises(ConfigError, match=r"config\.yaml: train\.lr: key written twice"):
         Study(load_config(PARAMS / "smoke.yaml"), run).prepare()
+
+
+def test_durations_in_epochs_leave_the_steps_to_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "epochs.yaml"
+    path.write_text("train:\n  epochs: 4\n  warmup_epochs: 1\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.train.warmup_epochs) == (4, 1)
+    assert (cfg.train.steps, cfg.train.warmup_steps) == (0, 0)  # derived when training starts
+    recorded = tmp_path / "config.yaml"  # a run folder's record holds both kinds, steps at 0
+    recorded.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    assert load_config(recorded) == cfg and load_config(recorded).hash() == cfg.hash()
+    resolved = dataclasses.replace(cfg.train, steps=400, warmup_steps=100)  # 100 steps an epoch
+    assert resolved.steps == 400
+    with pytest.raises(ConfigError, match=r"train\.steps: 1000 steps and 100 warmup steps are not "
+                                          r"train\.epochs=120"):
+        TrainConfig(epochs=120)  # the default step counts are no derivation of 120 epochs
+    with pytest.raises(ConfigError, match="train.steps"):
+        dataclasses.replace(cfg.train, steps=400, warmup_steps=50)
+    in_steps = load_config(path, overrides={"train": {"epochs": 0, "warmup_epochs": 0, "steps": 9,
+                                                      "warmup_steps": 3}})  # 0 = not given
+    assert (in_steps.train.epochs, in_steps.train.steps, in_steps.train.warmup_steps) == (0, 9, 3)
+
+
+def test_new_fields_at_their_default_keep_every_hash() -> None:
+    """Fields added later (sampling, dataset lists, epochs) are out of the identity while they hold
+    their default, so existing run folders keep their config hash; runtime fields never count."""
+    assert Config().hash() == "1bdb665632f4"  # the default config's hash before those fields
+    smoke = load_config(PARAMS / "smoke.yaml")
+    assert "sampling" not in smoke.identity()["data"] and "epochs" not in smoke.identity()["train"]
+    faster = load_config(PARAMS / "smoke.yaml", overrides={"data": {"workers": 4, "cache_mb": 1}})
+    assert faster.hash() == smoke.hash()
+    published = load_config(PARAMS / "smoke.yaml", overrides={"data": {"sampling": "published"}})
+    assert published.hash() != smoke.hash()
+    assert identity_changes(smoke, published) == ["data.sampling: 'balanced' -> 'published'"]
+    renamed = load_config(PARAMS / "smoke.yaml", overrides={"data": {"denoise_test": ["CBSD68"]}})
+    assert identity_changes(smoke, renamed) == [
+        "data.denoise_test: ['BSD68', 'Urban100'] -> ['CBSD68']"]

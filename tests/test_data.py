@@ -1,6 +1,7 @@
 """Data sources: bundled split, mirl layout (with its error cases), folder source, TrainSource."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -9,42 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
+from layouts import OFFSET, make_mirl, pixels, save
 from mirl_lib import data
 from mirl_lib.config import TASKS, DataConfig
 from mirl_lib.degrade import image_seed
 from mirl_lib.errors import DataError
 
-OFFSET = 100  # paired inputs are their target plus this many 8-bit levels
-
-
-def _save(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
-def _pixels(key: str, h: int = 40, w: int = 36, high: int = 150) -> np.ndarray:
-    rng = np.random.default_rng(list(key.encode()))
-    return rng.integers(0, high, (h, w, 3), dtype=np.uint8)
-
-
-def _make_mirl(root: Path) -> Path:
-    """A tiny MIR-L layout: 2 clean images per denoise folder, 2 pairs per paired folder."""
-    for split, clean_sets in data.MIRL_CLEAN.items():
-        for dataset in clean_sets:
-            for k in range(2):
-                _save(root / split / "denoise" / dataset / f"{dataset}_{k}.png",
-                      _pixels(f"{split}{dataset}{k}"))
-    for (split, _task), (sub, suffix) in data.MIRL_PAIRED.items():
-        for k in range(2):
-            target = _pixels(f"{split}{sub}{k}")
-            _save(root / split / sub / "target" / f"im{k}_gt.png", target)
-            _save(root / split / sub / "input" / f"im{k}{suffix}.png", target + OFFSET)
-    return root
-
 
 @pytest.fixture()
 def mirl_root(tmp_path: Path) -> Path:
-    return _make_mirl(tmp_path / "mirl")
+    return make_mirl(tmp_path / "mirl")
 
 
 def _mirl_cfg(root: Path, **kw) -> DataConfig:
@@ -121,6 +96,22 @@ def test_batch_is_a_pure_function_of_seed_step_rank(bundled_source: data.TrainSo
     assert torch.equal(first[0], resumed.batch(5, 4)[0])
 
 
+# sha256 (first 16 hex digits) of the clean patches and task ids that TrainSource.batch returned
+# before training data was streamed (images decoded up front), for the bundled source with
+# patch_size=32 and seed 11. The clean patches are exact crops, so these digests do not depend on
+# the CPU's floating point; they pin the draws of task, image, crop and flip, and (since the
+# generator is shared) how many draws each degradation makes.
+PINNED_BATCHES = {(5, 6, 0, 1): "f833fc2a2f4ea56b", (2, 3, 1, 2): "a457517f851fead5"}
+
+
+def test_streamed_batches_equal_the_decoded_up_front_ones() -> None:
+    source = data.build_train_source(DataConfig(patch_size=32), seed=11)
+    for (step, size, rank, world), digest in PINNED_BATCHES.items():
+        _, clean, ids = source.batch(step, size, rank, world)
+        got = hashlib.sha256(clean.numpy().tobytes() + ids.numpy().tobytes()).hexdigest()
+        assert got[:16] == digest, (step, size, rank, world)
+
+
 def test_batch_is_fast(bundled_source: data.TrainSource) -> None:
     import time
     start = time.perf_counter()
@@ -146,7 +137,7 @@ def test_mirl_test_set_reads_pairs_and_synthesizes_noise(mirl_root: Path) -> Non
 def test_mirl_noise_seed_is_independent_of_file_order(mirl_root: Path) -> None:
     cfg = _mirl_cfg(mirl_root, tasks=("denoise_25",))
     before = {i.name: i.degraded for i in data.load_test_set(cfg, seed=0)}
-    _save(mirl_root / "test/denoise/BSD68/AAA_first.png", _pixels("extra"))
+    save(mirl_root / "test/denoise/BSD68/AAA_first.png", pixels("extra"))
     after = {i.name: i.degraded for i in data.load_test_set(cfg, seed=0)}
     assert set(after) == set(before) | {"AAA_first"}
     for name, degraded in before.items():
@@ -197,10 +188,10 @@ def test_wrong_suffix_is_named(mirl_root: Path) -> None:
 
 @pytest.mark.parametrize("write, problem", [
     (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n broken"), "not a readable image"),
-    (lambda p: Image.fromarray(_pixels("g")[..., 0]).save(p), "grayscale"),
-    (lambda p: Image.fromarray(np.dstack([_pixels("a"), _pixels("b")[..., :1]])).save(p), "alpha"),
-    (lambda p: Image.fromarray(_pixels("w")[..., 0].astype(np.uint16) * 257).save(p), "16-bit"),
-    (lambda p: Image.fromarray(_pixels("s", 12, 40)).save(p), "smaller than data.patch_size"),
+    (lambda p: Image.fromarray(pixels("g")[..., 0]).save(p), "grayscale"),
+    (lambda p: Image.fromarray(np.dstack([pixels("a"), pixels("b")[..., :1]])).save(p), "alpha"),
+    (lambda p: Image.fromarray(pixels("w")[..., 0].astype(np.uint16) * 257).save(p), "16-bit"),
+    (lambda p: Image.fromarray(pixels("s", 12, 40)).save(p), "smaller than data.patch_size"),
 ])
 def test_bad_training_image_is_named(mirl_root: Path, write, problem: str) -> None:
     bad = mirl_root / "train/denoise/WED/bad_one.png"
@@ -211,9 +202,52 @@ def test_bad_training_image_is_named(mirl_root: Path, write, problem: str) -> No
 
 
 def test_mismatched_pair_sizes_are_named(mirl_root: Path) -> None:
-    _save(mirl_root / "test/dehaze/SOTS/input/im0_hazy.png", _pixels("x", 48, 48))
+    save(mirl_root / "test/dehaze/SOTS/input/im0_hazy.png", pixels("x", 48, 48))
     with pytest.raises(DataError, match=r"im0_hazy\.png.*differs"):
         data.load_test_set(_mirl_cfg(mirl_root), seed=0)
+
+
+@pytest.mark.parametrize("names", [
+    {"denoise_test": ("CBSD68", "Kodak24", "McMaster"), "derain_test": ("Rain100H",)},
+    {"denoise_train": ("BSD400",), "dehaze_train": ("OTS", "ITS")},
+])
+def test_dataset_folders_come_from_the_config(tmp_path: Path, names: dict) -> None:
+    cfg = _mirl_cfg(tmp_path, **names)
+    make_mirl(tmp_path, cfg)
+    summary = data.dataset_summary(cfg)
+    for key, datasets in names.items():
+        family, split = key.split("_")
+        found = summary[(summary.split == split) & summary.task.str.startswith(family)]
+        assert set(found.dataset) == set(datasets), key
+    expected = {d for family in ("denoise", "derain", "dehaze")
+                for d in names.get(f"{family}_test", getattr(DataConfig(), f"{family}_test"))}
+    assert {i.dataset for i in data.load_test_set(cfg, seed=0)} == expected
+    source = data.build_train_source(cfg, seed=0)
+    assert source.epoch_size == len(summary[summary.split == "train"])
+
+
+def test_unknown_dataset_names_the_folder_the_key_and_what_is_there(mirl_root: Path) -> None:
+    cfg = _mirl_cfg(mirl_root, denoise_test=("BSD68", "Kodak"))
+    with pytest.raises(DataError) as info:
+        data.load_test_set(cfg, seed=0)
+    assert str(info.value) == (f"{mirl_root / 'test/denoise/Kodak'}: folder not found "
+                               f"(data.denoise_test lists 'Kodak'; folders in "
+                               f"{mirl_root / 'test/denoise'}: BSD68, Urban100)")
+    data.build_train_source(cfg, seed=0)  # the training side does not read test folders
+    (mirl_root / "train/derain/Rain100H/input").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"Rain100H/input: no images .* \(data\.derain_train "
+                                        r"lists 'Rain100H'\)"):
+        data.build_train_source(_mirl_cfg(mirl_root, derain_train=("Rain100L", "Rain100H")), 0)
+
+
+def test_truncated_pixels_fail_when_read_naming_the_file(tmp_path: Path) -> None:
+    cfg = _mirl_cfg(tmp_path, tasks=("derain",))
+    make_mirl(tmp_path, cfg, count=1)
+    bad = tmp_path / "train/derain/Rain100L/input/im0_rainy.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # header intact, pixel data cut
+    source = data.build_train_source(cfg, seed=0)  # headers are all it reads up front
+    with pytest.raises(DataError, match="im0_rainy.png: image file is truncated or corrupt"):
+        source.batch(0, 2)
 
 
 # ---- folder ----------------------------------------------------------------------------------
@@ -222,7 +256,7 @@ def test_folder_source_splits_by_name(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     names = [f"sub/p{k:02d}" if k % 3 == 0 else f"p{k:02d}" for k in range(16)]
     for name in names:
-        _save(root / f"{name}.png", _pixels(name, 34, 34, high=256))
+        save(root / f"{name}.png", pixels(name, 34, 34, high=256))
     cfg = DataConfig(source="folder", root=str(root), patch_size=16, folder_test_fraction=0.3,
                      test_max_side=20)
     summary = data.dataset_summary(cfg)
@@ -232,7 +266,7 @@ def test_folder_source_splits_by_name(tmp_path: Path) -> None:
     items = data.load_test_set(cfg, seed=0)
     assert {i.name for i in items} == test and {i.task for i in items} == set(TASKS)
     assert all(i.clean.shape == (16, 16, 3) for i in items)
-    _save(root / "zz_new.png", _pixels("new", 34, 34))  # adding a photo moves no other one
+    save(root / "zz_new.png", pixels("new", 34, 34))  # adding a photo moves no other one
     grown = data.dataset_summary(cfg)
     assert set(grown[grown.split == "test"].name) - {"zz_new"} == test
     degraded, clean, ids = data.build_train_source(cfg, seed=1).batch(0, 5)
@@ -242,7 +276,7 @@ def test_folder_source_splits_by_name(tmp_path: Path) -> None:
 def test_folder_source_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nowhere.*folder not found"):
         data.load_test_set(DataConfig(source="folder", root=str(tmp_path / "nowhere")), seed=0)
-    _save(tmp_path / "one" / "only.png", _pixels("only"))
+    save(tmp_path / "one" / "only.png", pixels("only"))
     cfg = DataConfig(source="folder", root=str(tmp_path / "one"), folder_test_fraction=0.01)
     split = data._folder_side("only", 0.01)
     empty = "test" if split == "train" else "train"
