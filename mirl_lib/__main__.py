@@ -1,12 +1,20 @@
-"""Command line: ``python -m mirl_lib restore IN -o OUT --checkpoint CKPT``.
+"""Command line: ``python -m mirl_lib restore`` restores images, ``evaluate`` scores a checkpoint.
 
-IN is an image or a folder of images (then OUT is a folder; each output keeps its input's name,
-with ``.png`` for formats ``write_rgb`` cannot write). Every output is written atomically, with the
-permissions an ordinary new file gets (the umask). An existing output file is refused unless
-``--overwrite``; for a folder, outputs already there are kept unless ``--overwrite``, so rerunning
-an interrupted command finishes the rest. The outputs and the tiling are checked before the
-checkpoint is read. Errors (out of memory and a full disk included) print one ``error:`` line, exit
-code 2; Ctrl-C prints one line saying how to continue, exit code 130.
+``python -m mirl_lib restore IN -o OUT --checkpoint CKPT``: IN is an image or a folder of images
+(then OUT is a folder; each output keeps its input's name, with ``.png`` for formats ``write_rgb``
+cannot write). Every output is written atomically, with the permissions an ordinary new file gets
+(the umask). An existing output file is refused unless ``--overwrite``; for a folder, outputs
+already there are kept unless ``--overwrite``, so rerunning an interrupted command finishes the
+rest. The outputs and the tiling are checked before the checkpoint is read.
+
+``python -m mirl_lib evaluate --checkpoint CKPT [--params params/X.yaml] [-o scores.csv]``: scores
+the checkpoint on the test sets of a params file with the study's protocol
+(``mirl_lib.evaluate.evaluate_checkpoint``), writes the per-image scores to ``-o`` (atomically,
+replacing it) and prints the paper's table. The output folder and the tiling are checked before
+the checkpoint is read.
+
+Errors (out of memory and a full disk included) print one ``error:`` line, exit code 2; Ctrl-C
+prints one line saying how to continue, exit code 130.
 """
 from __future__ import annotations
 
@@ -17,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirl_lib.errors import DataError, MirlError, NotEnoughMemoryError
+from mirl_lib.errors import ConfigError, DataError, MirlError, NotEnoughMemoryError
 
 SUGGESTED_TILE = 256
+DEFAULT_PARAMS = Path("params/paper.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +55,28 @@ def _parser() -> argparse.ArgumentParser:
                          help="tile overlap in pixels, at most half the tile "
                               "(default: %(default)s)")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a checkpoint on the test sets of a params file (the paper's table)")
+    evaluate.add_argument("--checkpoint", type=Path, required=True,
+                          help="PromptIR/MIR-L checkpoint, mirl weights file or *.mirl ticket")
+    evaluate.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                          help="params file whose data section names the test sets and whose "
+                               "model is the expected architecture (default: %(default)s)")
+    evaluate.add_argument("--data-root", type=Path, default=None,
+                          help="dataset folder, instead of the params file's data.root")
+    evaluate.add_argument("--preset", default=None,
+                          help="architecture of the checkpoint when it differs from the params "
+                               "file's model (a ticket or weights file must match it)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    evaluate.add_argument("-o", "--output", type=Path, default=None,
+                          help="per-image scores CSV to write (replaced if it exists)")
+    evaluate.add_argument("--tile", type=int, default=0,
+                          help=f"tile side in pixels, a positive multiple of {SIZE_MULTIPLE}, or 0 "
+                               f"for whole images as the study scores them (default: %(default)s)")
+    evaluate.add_argument("--overlap", type=int, default=32,
+                          help="tile overlap in pixels, at most half the tile "
+                               "(default: %(default)s)")
     return parser
 
 
@@ -55,11 +86,29 @@ class Progress:
 
     total: int | None = None
     written: int = 0
+    hint = "rerun the same command to continue (existing outputs are kept unless --overwrite)"
 
     def __str__(self) -> str:
         if self.total is None:
             return "no image written"
         return f"{self.written} of {self.total} images written"
+
+
+@dataclass
+class Scoring:
+    """How far an evaluation got; printed when Ctrl-C stops it."""
+
+    total: int | None = None
+    scored: int = 0
+    hint = "nothing written; rerun the same command to score again"
+
+    def __str__(self) -> str:
+        if self.total is None:
+            return "no image scored"
+        return f"{self.scored} of {self.total} images scored"
+
+    def update(self, done: int, total: int) -> None:
+        self.scored, self.total = done, total
 
 
 def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
@@ -182,16 +231,68 @@ def restore_command(args: argparse.Namespace, progress: Progress | None = None) 
         progress.written += 1
 
 
+def evaluate_command(args: argparse.Namespace, scoring: Scoring | None = None) -> None:
+    """Score ``args.checkpoint`` on the test sets of ``args.params``, write the CSV, print the
+    paper's table; ``scoring`` counts the images scored."""
+    from mirl_lib.config import load_config, model_config
+    from mirl_lib.device import resolve_device
+    from mirl_lib.evaluate import evaluate_checkpoint, format_paper_table, paper_table
+    from mirl_lib.restore import check_tiling, is_out_of_memory
+
+    scoring = Scoring() if scoring is None else scoring
+    if args.params == DEFAULT_PARAMS and not args.params.is_file():
+        raise ConfigError(f"{args.params}: params file not found in the current folder; name one "
+                          f"with --params")
+    overrides = {"data": {"root": str(args.data_root)}} if args.data_root is not None else None
+    cfg = load_config(args.params, overrides)
+    expected = model_config(args.preset) if args.preset else cfg.model
+    if args.output is not None:
+        if args.output.is_dir():
+            raise DataError(f"{args.output}: is a folder; name the CSV file to write")
+        _check_folder(args.output.parent)
+    check_tiling(args.tile, args.overlap)
+    device = resolve_device(args.device)
+    try:
+        scores = evaluate_checkpoint(args.checkpoint, cfg, expected=expected, device=device,
+                                     tile=args.tile, overlap=args.overlap, progress=True,
+                                     on_image=scoring.update)
+    except DataError as exc:
+        raise DataError(f"{exc} (test sets of {args.params}, data.source {cfg.data.source}, "
+                        f"data.root {cfg.data.root}; --data-root reads another folder)") from None
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        hint = (f"--tile {SUGGESTED_TILE} (tiled scores differ slightly from the study's "
+                f"whole-image ones)" if args.tile == 0 else "a smaller --tile")
+        raise NotEnoughMemoryError(f"{args.checkpoint}: out of memory on {device} after "
+                                   f"{scoring}; run again with {hint}") from None
+    if args.output is not None:
+        from mirl_lib.fileio import atomic_write_text
+
+        atomic_write_text(scores.to_csv(index=False), args.output)
+    how = "whole images" if args.tile == 0 else f"tiles {args.tile}, overlap {args.overlap}"
+    print(f"{args.checkpoint} ({scores['format'].iloc[0]}, {expected.preset!r} model) on the test "
+          f"sets of {args.params} (data.source {cfg.data.source}, data.root {cfg.data.root}, "
+          f"test_seed {cfg.data.test_seed}), {how}, on {device}:")
+    print(format_paper_table(paper_table(scores)))
+    if args.output is not None:
+        print(f"wrote {len(scores)} per-image scores to {args.output}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code: 2 on any ``MirlError`` or ``OSError`` (one
     ``error:`` line), 130 on Ctrl-C (one line saying how to continue)."""
-    progress = Progress()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    evaluating = argv[:1] == ["evaluate"]
+    progress: Progress | Scoring = Scoring() if evaluating else Progress()
     try:
         args = _parser().parse_args(argv)  # imports torch: Ctrl-C may come already
-        restore_command(args, progress)
+        if evaluating:
+            evaluate_command(args, progress)
+        else:
+            restore_command(args, progress)
     except KeyboardInterrupt:
-        print(f"interrupted: {progress}; rerun the same command to continue (existing outputs are "
-              f"kept unless --overwrite)", file=sys.stderr)
+        print(f"interrupted: {progress}; {progress.hint}", file=sys.stderr)
         return 130
     except (MirlError, OSError) as exc:  # OSError: a folder or file the system refused to write
         print(f"error: {exc}", file=sys.stderr)

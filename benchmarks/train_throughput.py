@@ -1,0 +1,469 @@
+"""Images/s and peak memory of the masked training step, per precision / layout / optimizer option.
+
+Run ``python benchmarks/train_throughput.py`` on the machine to measure. The step is the one
+``mirl_lib.train`` runs for a pruning round: forward (under bf16 autocast when the option says so),
+L1 loss on the float32 output, ``zero_grad``, backward with ``MaskEnforcer`` zeroing the gradients
+of pruned weights, AdamW step. The mask keeps a random 10% of every prunable tensor (``reference``
+scope, as ``params/paper.yaml``), so the masked path is what is timed. One fixed random batch lives
+on the device: data loading is not part of the step (``benchmarks/data_loader.py`` measures it).
+
+Options (``--options``, comma-separated, or ``all``): ``fp32`` (the CPU path of
+``mirl_lib.train``), ``bf16`` autocast, ``channels_last``, ``bf16+channels_last`` (the CUDA path of
+``mirl_lib.train``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``, else
+``foreach=True`` where fused is not supported), ``bf16+channels_last+compile`` (``torch.compile`` of
+the model; the first step's time, compilation included, goes to the note), and the CPU's
+``fp32+fused_adamw`` and ``fp32+compile``. ``DEFAULT_OPTIONS`` says which run by default on CUDA
+and on the CPU, and why. Each option starts from the same initial weights and is checked to keep
+the pruned weights at zero; an option that fails is recorded with its error and the run goes on.
+
+Timing: the median over ``--steps`` timed steps after ``--warmup`` steps; CUDA events around each
+step on CUDA, ``time.perf_counter`` on the CPU. Peak memory: ``torch.cuda.max_memory_allocated``
+(reset per option) on CUDA; on the CPU the process's peak resident set (``VmHWM``, reset per option
+through ``/proc/self/clear_refs`` where Linux allows it, else the peak since the process started),
+which includes Python and torch themselves; ``mem_kind`` says which. On the CPU the note gives the
+one-minute load average after the option: other processes on a small machine slow a run down.
+
+Writes ``results/benchmarks/train_throughput.csv`` (or ``--out``) atomically after each option, so
+a run stopped by a time limit keeps what it measured. A row of the same device name, preset, batch,
+patch, threads and option is replaced, every other row is kept, so CPU and GPU rows sit side by
+side and runs of a few options add to the others.
+Imports only torch, pandas, tqdm and mirl_lib modules that need no notebook tooling (no papermill,
+jupyter or ipywidgets).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.optim import AdamW
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mirl_lib.config import PRESETS  # noqa: E402
+from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
+from mirl_lib.fileio import atomic_write_text  # noqa: E402
+from mirl_lib.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
+from mirl_lib.model import PromptIR, build_model, count_parameters  # noqa: E402
+from mirl_lib.pruning import random_mask  # noqa: E402
+from mirl_lib.train import _set_memory_format  # noqa: E402
+
+DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_throughput.csv"
+COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "parameters", "batch",
+                            "patch", "option", "step_ms", "images_per_s", "peak_mem_mb",
+                            "mem_kind", "threads", "note")
+# A rerun replaces the rows it shares all of these with; every other row is kept.
+RUN_KEY: tuple[str, ...] = ("device_name", "preset", "batch", "patch", "threads", "option")
+DENSITY = 0.1  # fraction of every prunable tensor the benchmark mask keeps
+# AdamW settings of params/paper.yaml
+LR, BETAS, WEIGHT_DECAY = 2e-4, (0.9, 0.999), 1e-4
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to run the training step."""
+
+    name: str
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    fused_adamw: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("fp32"),
+    Option("bf16", bf16=True),
+    Option("channels_last", channels_last=True),
+    Option("bf16+channels_last", bf16=True, channels_last=True),
+    Option("bf16+channels_last+compile", bf16=True, channels_last=True, compile=True),
+    Option("bf16+channels_last+fused_adamw", bf16=True, channels_last=True, fused_adamw=True),
+    Option("fp32+compile", compile=True),
+    Option("fp32+fused_adamw", fused_adamw=True),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+# Measured unless --options says otherwise. On CUDA: the training path of mirl_lib.train
+# (bf16+channels_last) and the steps towards it, then fused AdamW and torch.compile on top of it
+# (compile last: it takes longest, and the rows before it are already written). On the CPU, where
+# mirl_lib.train runs fp32: channels_last and fused AdamW on top of fp32. Left out on the CPU:
+# bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than fp32 on
+# the 2-core AVX2 machine of this repository; its row is in the committed CSV), and torch.compile,
+# whose C++ build of even the tiny preset took 11 minutes there (then 1.7x faster steps). Name them
+# with --options to measure them.
+DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
+             "bf16+channels_last+fused_adamw", "bf16+channels_last+compile"),
+    "cpu": ("fp32", "channels_last", "fp32+fused_adamw"),
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one option gave: median step time, peak memory and a note (the error if it failed)."""
+
+    step_ms: float
+    peak_mem_mb: float
+    mem_kind: str
+    note: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Device facts
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"--device {name}: not a valid CUDA device name") from None
+        index = 0 if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    raise ConfigError(f"--device {name}: must be auto, cpu, cuda or cuda:N")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (``/proc/cpuinfo`` on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+class CpuPeak:
+    """Peak resident set of this process: reset per option where Linux allows it."""
+
+    def __init__(self) -> None:
+        self.resettable = self.reset()
+
+    @staticmethod
+    def reset() -> bool:
+        """Reset the peak (``VmHWM``) to the current RSS; False where the system refuses."""
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    @property
+    def kind(self) -> str:
+        return ("process peak RSS (reset per option)" if self.resettable
+                else "process peak RSS since start")
+
+    def peak_mb(self) -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        import resource  # Unix only; Linux answers from /proc above
+
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes vs KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def benchmark_mask(model: PromptIR, density: float = DENSITY, seed: int = 0) -> Mask:
+    """A random mask keeping ``density`` of every prunable tensor (``reference`` scope)."""
+    reference = {n: (torch.arange(m.numel()) < round(density * m.numel())).reshape(m.shape)
+                 for n, m in full_mask(model, "reference").items()}
+    return random_mask(reference, seed)
+
+
+def make_optimizer(model: PromptIR, option: Option, device: torch.device
+                   ) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW as ``mirl_lib.train`` builds it, or fused (else foreach) for ``fused_adamw``;
+    returns the optimizer and a note on what was used."""
+    params = list(model.parameters())
+    if not option.fused_adamw:
+        return AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY), ""
+    try:
+        optimizer = AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, fused=True)
+        return optimizer, "AdamW(fused=True)"
+    except (RuntimeError, ValueError, TypeError) as exc:
+        optimizer = AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=True)
+        return optimizer, f"AdamW(foreach=True): fused unsupported on {device.type} ({_line(exc)})"
+
+
+def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
+              device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One training step on a (degraded, clean) batch, as in ``mirl_lib.train``; returns the
+    detached loss (no host synchronization)."""
+    net = torch.compile(model) if option.compile else model
+
+    def step(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=option.bf16):
+            restored = net(degraded)
+        loss = F.l1_loss(restored.float(), clean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (compiler errors run over many lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_steps(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, steps: int
+                 ) -> list[float]:
+    """Milliseconds of each of ``steps`` steps: CUDA events on CUDA, ``perf_counter`` else."""
+    running = torch.zeros((), device=device)
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(steps)]
+        for start, end in events:
+            start.record()
+            running += step(*batch)
+            end.record()
+        _sync(device)
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            running += step(*batch)
+            times.append((time.perf_counter() - started) * 1000)
+    if not torch.isfinite(running):
+        raise RuntimeError(f"the loss is not finite ({running.item()})")
+    return times
+
+
+def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device, batch: int,
+            patch: int, steps: int, warmup: int) -> Measurement:
+    """Median step time and peak memory of ``option`` (raises what the option raises)."""
+    cpu_peak = None if device.type == "cuda" else CpuPeak()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    memory_format = torch.channels_last if option.channels_last else torch.contiguous_format
+    model = copy.deepcopy(template).to(device).train()
+    _set_memory_format(model, memory_format)
+    enforcer = MaskEnforcer(model, {n: m.to(device) for n, m in mask.items()})
+    try:
+        optimizer, note = make_optimizer(model, option, device)
+        step = make_step(model, optimizer, option, device)
+        gen = torch.Generator().manual_seed(0)
+        degraded, clean = (torch.rand(batch, 3, patch, patch, generator=gen)
+                           .to(device, memory_format=memory_format) for _ in range(2))
+        started = time.perf_counter()
+        step(degraded, clean)
+        _sync(device)
+        first = time.perf_counter() - started
+        if warmup > 1:
+            _timed_steps(step, (degraded, clean), device, warmup - 1)
+        times = _timed_steps(step, (degraded, clean), device, steps)
+        pruned = sum(int((p.detach()[~mask[n].to(device)] != 0).sum())
+                     for n, p in model.named_parameters() if n in mask)
+        if pruned:
+            raise RuntimeError(f"{pruned} pruned weights became non-zero: the mask was not kept")
+        notes = [f"median of {steps} steps after {warmup}; first step {first:.1f} s"
+                 + (" (compilation)" if option.compile else "")]
+        if note:
+            notes.append(note)
+        if device.type != "cuda" and hasattr(os, "getloadavg"):
+            notes.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        if option.bf16 and device.type != "cuda":
+            notes.append("mirl_lib.train uses bf16 on CUDA only")
+        if option.channels_last and device.type != "cuda":
+            notes.append("mirl_lib.train uses channels_last on CUDA only")
+        if device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, \
+                "torch.cuda.max_memory_allocated"
+        else:
+            peak, kind = cpu_peak.peak_mb(), cpu_peak.kind
+        return Measurement(statistics.median(times), peak, kind, "; ".join(notes))
+    finally:
+        enforcer.remove()
+
+
+def _release(option: Option, device: torch.device) -> None:
+    """Free what an option left (compiled graphs, cached CUDA blocks)."""
+    if option.compile:
+        torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run(options: list[Option], preset: str, device: torch.device, batch: int, patch: int,
+        steps: int, warmup: int, log: Callable[[str], None] = print,
+        on_row: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+    """One row per option (``COLUMNS``); a failing option gets empty figures and its error.
+
+    ``on_row`` gets the table so far after each option (to save partial results).
+    """
+    template = build_model(preset, seed=0)
+    mask = benchmark_mask(template)
+    facts = {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
+             "preset": preset, "parameters": count_parameters(template), "batch": batch,
+             "patch": patch, "threads": torch.get_num_threads()}
+    rows = []
+    for option in options:
+        log(f"{option.name}: {warmup} warm-up + {steps} timed steps ...")
+        try:
+            got = measure(option, template, mask, device, batch, patch, steps, warmup)
+            row = {"option": option.name, "step_ms": round(got.step_ms, 2),
+                   "images_per_s": round(batch / got.step_ms * 1000, 2),
+                   "peak_mem_mb": round(got.peak_mem_mb, 1), "mem_kind": got.mem_kind,
+                   "note": got.note}
+        except Exception as exc:  # noqa: BLE001 - a failing option is a result, not a crash
+            row = {"option": option.name, "step_ms": float("nan"), "images_per_s": float("nan"),
+                   "peak_mem_mb": float("nan"), "mem_kind": "", "note": f"failed: {_line(exc)}"}
+        finally:
+            _release(option, device)
+        rows.append({**facts, **row})
+        log(f"  {row['step_ms']} ms/step, {row['images_per_s']} images/s, "
+            f"{row['peak_mem_mb']} MB peak; {row['note']}")
+        if on_row is not None:
+            on_row(pd.DataFrame(rows, columns=list(COLUMNS)))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def merge(new: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``new`` after the rows of ``path`` that do not share a ``RUN_KEY`` with it (other devices,
+    presets, batches, patches, thread counts or options)."""
+    if not path.is_file():
+        return new
+    try:
+        old = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise MirlError(f"{path}: cannot read the existing results ({_line(exc)}); move it away "
+                        f"or pass another --out") from None
+    missing = [c for c in RUN_KEY if c not in old.columns]
+    if missing:
+        raise MirlError(f"{path}: not a train_throughput CSV (no column(s) {missing}); move it "
+                        f"away or pass another --out")
+    keys = set(new[list(RUN_KEY)].astype(str).itertuples(index=False, name=None))
+    same = old[list(RUN_KEY)].astype(str).apply(tuple, axis=1).isin(keys)
+    kept = old.loc[~same].reindex(columns=list(COLUMNS))
+    if kept.empty or new.empty:
+        return new if kept.empty else kept
+    return pd.concat([kept, new], ignore_index=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="architecture (default: paper on CUDA, cpu on the CPU)")
+    parser.add_argument("--batch", type=int, default=8, help="images per step (default: 8)")
+    parser.add_argument("--patch", type=int, default=64, help="patch side in pixels (default: 64)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed steps first, at least 1 (default: 5)")
+    parser.add_argument("--options", default=None,
+                        help=f"comma-separated options to measure, or 'all' (known: "
+                             f"{', '.join(_BY_NAME)}; default on CUDA: "
+                             f"{', '.join(DEFAULT_OPTIONS['cuda'])}; on the CPU: "
+                             f"{', '.join(DEFAULT_OPTIONS['cpu'])})")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to write")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name, low in (("batch", 1), ("patch", 16), ("steps", 1), ("warmup", 1), ("threads", 0)):
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name} {getattr(args, name)}: must be at least {low}")
+    if args.patch % 8:
+        raise ConfigError(f"--patch {args.patch}: must be a multiple of 8")
+
+
+def _options(text: str | None, device: torch.device) -> list[Option]:
+    if text is None:
+        return [_BY_NAME[n] for n in DEFAULT_OPTIONS[device.type]]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(OPTIONS)
+    unknown = [n for n in names if n not in _BY_NAME]
+    if unknown or not names:
+        raise ConfigError(f"--options {text!r}: unknown option(s) {unknown}; known: "
+                          f"{list(_BY_NAME)} or 'all'")
+    return [_BY_NAME[n] for n in dict.fromkeys(names)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, merge into the CSV after each option, print the table; 2 with one ``error:``
+    line on bad input, 130 on Ctrl-C (the options measured so far are kept)."""
+    args = _parser().parse_args(argv)
+    try:
+        _check(args)
+        device = pick_device(args.device)
+        options = _options(args.options, device)
+        preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        merge(pd.DataFrame(columns=list(COLUMNS)), args.out)  # an unreadable CSV fails now
+
+        def save(rows: pd.DataFrame) -> None:
+            atomic_write_text(merge(rows, args.out).to_csv(index=False), args.out)
+
+        def log(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+
+        table = run(options, preset, device, args.batch, args.patch, args.steps, args.warmup,
+                    log, on_row=save)
+    except KeyboardInterrupt:
+        print(f"interrupted: the options measured so far are in {args.out}", file=sys.stderr)
+        return 130
+    except (MirlError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kinds = [k for k in table["mem_kind"] if k]
+    print(f"{table['device_name'].iloc[0]} ({device}), torch {torch.__version__}, preset {preset} "
+          f"({table['parameters'].iloc[0]:,} parameters), batch {args.batch}, patch {args.patch}, "
+          f"{table['threads'].iloc[0]} threads; median of {args.steps} steps after {args.warmup}; "
+          f"peak memory: {kinds[0] if kinds else 'n/a'}")
+    shown = ["option", "step_ms", "images_per_s", "peak_mem_mb", "note"]
+    print(table[shown].to_string(index=False))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
