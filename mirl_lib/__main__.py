@@ -243,7 +243,8 @@ def evaluate_command(args: argparse.Namespace, scoring: Scoring | None = None) -
     if args.params == DEFAULT_PARAMS and not args.params.is_file():
         raise ConfigError(f"{args.params}: params file not found in the current folder; name one "
                           f"with --params")
-    overrides = {"data": {"root": str(args.data_root)}} if args.data_root is not None else None
+    overrides = ({"data": {"root": str(args.data_root.resolve())}}  # relative to this shell
+                 if args.data_root is not None else None)
     cfg = load_config(args.params, overrides)
     expected = model_config(args.preset) if args.preset else cfg.model
     if args.output is not None:

@@ -214,6 +214,17 @@ def _pairs(folder: Path, input_suffix: str) -> list[tuple[str, Path, Path]]:
     return [(key, inputs[key], targets[key]) for key in sorted(inputs)]
 
 
+# A relative ``data.root`` is read from the checkout (where ./run_all.sh runs), whatever the
+# current folder of the process: stage notebooks run in notebooks/, the CLI anywhere.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``cfg.root`` as an absolute folder (relative roots are inside the mirl checkout)."""
+    root = Path(cfg.root).expanduser()
+    return root if root.is_absolute() else CHECKOUT / root
+
+
 def mirl_datasets(cfg: DataConfig, family: str, split: str) -> tuple[str, ...]:
     """The dataset folders of a task family (``denoise``, ``derain``, ``dehaze``) and split that
     the ``mirl`` source reads: ``cfg.<family>_<split>``."""
@@ -223,7 +234,7 @@ def mirl_datasets(cfg: DataConfig, family: str, split: str) -> tuple[str, ...]:
 def _dataset_folder(cfg: DataConfig, split: str, family: str, dataset: str) -> Path:
     """``<root>/<split>/<family>/<dataset>``; a missing one names the config key and the folders
     that are there."""
-    folder = Path(cfg.root) / split / family / dataset
+    folder = data_root(cfg) / split / family / dataset
     if not folder.is_dir():
         parent = folder.parent
         there = sorted(p.name for p in parent.iterdir() if p.is_dir() and not
@@ -259,7 +270,7 @@ def _folder_side(name: str, test_fraction: float) -> str:
 
 
 def _folder_entries(cfg: DataConfig, split: str) -> list[_Entry]:
-    root = Path(cfg.root)
+    root = data_root(cfg)
     files = _images_in(root, recursive=True)
     named: dict[str, Path] = {}
     for path in files:

@@ -19,8 +19,8 @@ import yaml
 from mirl_lib import masks, tickets
 from mirl_lib.__main__ import main
 from mirl_lib.checkpoints import save_weights
-from mirl_lib.config import load_config
-from mirl_lib.data import MIRL_CLEAN, MIRL_PAIRED, TARGET_SUFFIX, load_test_set
+from mirl_lib.config import DataConfig, load_config
+from mirl_lib.data import PAIRED_SUFFIX, TARGET_SUFFIX, load_test_set, mirl_datasets
 from mirl_lib.evaluate import (AVERAGE, METRICS, evaluate, format_paper_table, paper_table,
                                task_means)
 from mirl_lib.images import write_rgb
@@ -40,23 +40,24 @@ def photo(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def make_layout(root: Path) -> Path:
-    """A tiny copy of the published MIR-L test layout (``data.MIRL_CLEAN`` / ``MIRL_PAIRED``):
+    """A tiny copy of the published MIR-L test layout (the default ``data.*_test`` folders):
     two clean images per denoising test set, one rain pair and two haze pairs; odd sizes, so the
     protocol's crop to multiples of 16 is exercised."""
     seed = 0
-    for dataset in MIRL_CLEAN["test"]:
+    defaults = DataConfig()
+    for dataset in mirl_datasets(defaults, "denoise", "test"):
         for name in ("a", "b"):
             seed += 1
             write_rgb(root / "test" / "denoise" / dataset / f"{name}.png", photo(37, 50, seed))
-    for (split, task), (sub, suffix) in MIRL_PAIRED.items():
-        if split != "test":
-            continue
-        for name in (("r1",) if task == "derain" else ("h1", "h2")):
-            seed += 1
-            clean = photo(35, 49, seed)
-            write_rgb(root / split / sub / "target" / f"{name}{TARGET_SUFFIX}.png", clean)
-            write_rgb(root / split / sub / "input" / f"{name}{suffix}.png",
-                      np.clip(0.7 * clean + 0.25, 0, 1))
+    for family, suffix in PAIRED_SUFFIX.items():
+        for dataset in mirl_datasets(defaults, family, "test"):
+            folder = root / "test" / family / dataset
+            for name in (("r1",) if family == "derain" else ("h1", "h2")):
+                seed += 1
+                clean = photo(35, 49, seed)
+                write_rgb(folder / "target" / f"{name}{TARGET_SUFFIX}.png", clean)
+                write_rgb(folder / "input" / f"{name}{suffix}.png",
+                          np.clip(0.7 * clean + 0.25, 0, 1))
     return root
 
 
