@@ -20,7 +20,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
            torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 echo "== 1. training throughput of the paper network"
-timeout 200 python benchmarks/train_throughput.py --preset "$preset" --steps 20 --warmup 5 \
+cp results/benchmarks/train_throughput.csv "$out/"  # keeps the rows of other devices
+timeout 170 python benchmarks/train_throughput.py --preset "$preset" --steps 20 --warmup 5 \
   --out "$out/train_throughput.csv" 2>&1 | tail -n 20
 echo "benchmark exit ${PIPESTATUS[0]}"
 
@@ -29,7 +30,7 @@ work=$(mktemp -d)
 timeout -s INT "${MIRL_CHECK_INTERRUPT_S:-90}" ./run_all.sh "$params" --results "$work" --jobs 1 \
   > "$out/gpu_smoke_first.log" 2>&1
 echo "first run exit $? (130 = interrupted as planned)"; tail -n 3 "$out/gpu_smoke_first.log"
-timeout 270 ./run_all.sh "$params" --results "$work" --jobs 1 \
+timeout 250 ./run_all.sh "$params" --results "$work" --jobs 1 \
   > "$out/gpu_smoke.log" 2>&1
 echo "second run exit $?"; tail -n 12 "$out/gpu_smoke.log"
 run="$work/$(python -c "from mirl_lib.config import load_config; print(load_config('$params').study.name)")"
