@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         if device.type == "cuda":
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device.index or 0)
         merge(pd.DataFrame(columns=list(COLUMNS)), args.out)  # an unreadable CSV fails now
 
         def save(rows: pd.DataFrame) -> None:

@@ -2,7 +2,7 @@
 # The GPU checks in one command, on a CUDA machine (about 8 minutes on one H100):
 #   1. benchmarks/train_throughput.py on the `paper` network: fp32, bf16, channels_last, compile,
 #      fused AdamW -> OUT/train_throughput.csv
-#   2. params/gpu_smoke.yaml through ./run_all.sh: interrupted once (SIGINT after 90 s), then run
+#   2. params/gpu_smoke.yaml through ./run_all.sh: interrupted once (SIGINT after 45 s), then run
 #      again to the end (it resumes) -> OUT/gpu_smoke_*.log, summary.md, metrics.csv, catalog.csv,
 #      points.csv (per-point training seconds)
 # Usage: scripts/gpu_check.sh OUT_DIR   (inside an environment with torch + CUDA; see README)
@@ -21,16 +21,16 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 
 echo "== 1. training throughput of the paper network"
 cp results/benchmarks/train_throughput.csv "$out/"  # keeps the rows of other devices
-timeout 170 python benchmarks/train_throughput.py --preset "$preset" --steps 20 --warmup 5 \
+timeout 150 python benchmarks/train_throughput.py --preset "$preset" --steps 20 --warmup 5 \
   --out "$out/train_throughput.csv" 2>&1 | tail -n 20
 echo "benchmark exit ${PIPESTATUS[0]}"
 
 echo "== 2. gpu_smoke study, interrupted once, then resumed"
 work=$(mktemp -d)
-timeout -s INT "${MIRL_CHECK_INTERRUPT_S:-90}" ./run_all.sh "$params" --results "$work" --jobs 1 \
+timeout -s INT "${MIRL_CHECK_INTERRUPT_S:-45}" ./run_all.sh "$params" --results "$work" --jobs 1 \
   > "$out/gpu_smoke_first.log" 2>&1
 echo "first run exit $? (130 = interrupted as planned)"; tail -n 3 "$out/gpu_smoke_first.log"
-timeout 250 ./run_all.sh "$params" --results "$work" --jobs 1 \
+timeout 220 ./run_all.sh "$params" --results "$work" --jobs 1 \
   > "$out/gpu_smoke.log" 2>&1
 echo "second run exit $?"; tail -n 12 "$out/gpu_smoke.log"
 run="$work/$(python -c "from mirl_lib.config import load_config; print(load_config('$params').study.name)")"
