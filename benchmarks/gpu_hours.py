@@ -53,6 +53,8 @@ def estimate(throughput: pd.DataFrame, params: Path, option: str | None) -> pd.D
     out["images_per_training"] = images
     out["hours_per_training"] = images / out["images_per_s"] / 3600
     out["gpu_hours_total"] = out["hours_per_training"] * trainings
+    # the MIR-L trunk alone (dense + every pruning round), without the ablations and controls
+    out["gpu_hours_trunk"] = out["hours_per_training"] * (1 + cfg.prune.rounds) * len(cfg.study.seeds)
     return out.sort_values("gpu_hours_total").reset_index(drop=True)
 
 

@@ -283,3 +283,15 @@ def test_folder_source_errors_name_the_folder(tmp_path: Path) -> None:
     loader = data.load_test_set if empty == "test" else data.build_train_source
     with pytest.raises(DataError, match=f"one: the {empty} split is empty"):
         loader(cfg, 0)
+
+
+def test_relative_data_root_is_read_from_the_checkout(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage notebooks run in notebooks/ and the CLI anywhere: a relative data.root means the
+    same folder for all of them (inside the checkout), an absolute one is kept."""
+    from mirl_lib.data import CHECKOUT, data_root
+
+    monkeypatch.chdir(tmp_path)
+    assert data_root(DataConfig(root="datasets")) == CHECKOUT / "datasets"
+    assert (CHECKOUT / "mirl_lib" / "data.py").is_file()
+    assert data_root(DataConfig(root=str(tmp_path / "x"))) == tmp_path / "x"
