@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from layouts import make_mirl  # noqa: E402
 from mirl_lib.config import DataConfig  # noqa: E402
 from mirl_lib.data import build_train_source, step_batches  # noqa: E402
-from mirl_lib.device import resolve_device  # noqa: E402
+from mirl_lib.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.fileio import atomic_write_text  # noqa: E402
 from mirl_lib.masks import MaskEnforcer, full_mask  # noqa: E402
 from mirl_lib.model import build_model, count_parameters  # noqa: E402
@@ -59,18 +58,6 @@ def photo(key: str, h: int, w: int) -> np.ndarray:
     image += 0.05 * np.sin(80 * xx)[..., None] * np.cos(60 * yy)[..., None]
     image += rng.normal(0, 0.02, image.shape)
     return np.clip(image * 255, 0, 255).astype(np.uint8)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def loader_rate(source, workers: int, batches: int) -> tuple[float, float]:

@@ -36,7 +36,6 @@ import argparse
 import copy
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -54,6 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mirl_lib.config import PRESETS  # noqa: E402
+from mirl_lib.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.fileio import atomic_write_text  # noqa: E402
 from mirl_lib.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
@@ -121,39 +121,6 @@ class Measurement:
 
 # ---------------------------------------------------------------------------------------------
 # Device facts
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"--device {name}: not a valid CUDA device name") from None
-        index = 0 if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device("cuda", index)
-    raise ConfigError(f"--device {name}: must be auto, cpu, cuda or cuda:N")
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name (``/proc/cpuinfo`` on Linux)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 class CpuPeak:
@@ -431,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _check(args)
-        device = pick_device(args.device)
+        device = resolve_device(args.device)
         options = _options(args.options, device)
         preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
         if args.threads > 0:

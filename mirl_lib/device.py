@@ -1,6 +1,9 @@
 """Pick the torch device a run uses: ``auto`` prefers CUDA, then Apple MPS, then the CPU."""
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 from mirl_lib.errors import ConfigError
@@ -36,3 +39,16 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise ConfigError("device 'mps': Apple MPS is not available on this machine")
         return torch.device("mps")
     raise ConfigError(f"device {name!r}: must be auto, cpu, cuda, cuda:N or mps")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (``/proc/cpuinfo`` on Linux), for benchmark rows."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
+from mirl_lib.device import device_name
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 
@@ -47,7 +49,7 @@ def test_rows_and_merge_keep_other_devices(bench: ModuleType, tmp_path: Path, on
              "preset": "tiny", "parameters": 1, "batch": 2, "patch": 32, "option": "fp32",
              "step_ms": 1.0, "images_per_s": 2000.0, "peak_mem_mb": 10.0,
              "mem_kind": "torch.cuda.max_memory_allocated", "threads": 1, "note": ""}
-    cpu_name = bench.device_name(torch.device("cpu"))
+    cpu_name = device_name(torch.device("cpu"))
     cpu = {**facts, "device": "cpu", "device_name": cpu_name, "note": "old"}
     old = pd.DataFrame([facts,  # another device: kept
                         {**cpu, "option": "fp32"},  # the same device and settings: replaced
