@@ -2,7 +2,8 @@
 
 Reads the CUDA rows of ``results/benchmarks/train_throughput.csv`` (``benchmarks/train_throughput.py``
 on a GPU), counts the trainings the paper study runs (``Study.points()``: dense, 15 trunk rounds,
-the two chains down to the deepest branch round, one-shot and the controls at the branch rounds)
+every branch of ``study.branches`` at the branch rounds; the small-dense control is counted at
+the full network's throughput, an overestimate)
 and the images each one sees (120 epochs of the published mixture), and writes
 ``results/benchmarks/gpu_hours.csv``::
 

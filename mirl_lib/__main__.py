@@ -77,7 +77,24 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overlap", type=int, default=32,
                           help="tile overlap in pixels, at most half the tile "
                                "(default: %(default)s)")
+    headline = commands.add_parser(
+        "headline", help="print a finished run's answer (the README's headline) from its verdicts")
+    headline.add_argument("run", type=Path, help="run folder holding metrics.csv, e.g. "
+                                                 "results/default")
     return parser
+
+
+def headline_command(args: argparse.Namespace) -> None:
+    """Print ``report.headline`` of ``<run>/metrics.csv`` between the README's markers."""
+    import pandas as pd
+
+    from mirl_lib.report import headline
+
+    metrics = args.run / "metrics.csv"
+    if not metrics.is_file():
+        raise DataError(f"{metrics}: no such file (is {args.run} a finished run folder?)")
+    print(f"<!-- headline:{args.run.name} -->\n{headline(pd.read_csv(metrics))}"
+          f"<!-- /headline -->")
 
 
 @dataclass
@@ -290,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)  # imports torch: Ctrl-C may come already
         if evaluating:
             evaluate_command(args, progress)
+        elif args.command == "headline":
+            headline_command(args)
         else:
             restore_command(args, progress)
     except KeyboardInterrupt:

@@ -275,7 +275,8 @@ class StudyConfig(_Section):
 
     name: str = "default"
     seeds: tuple[int, ...] = (0,)
-    branches: tuple[str, ...] = ("finetune", "oneshot", "reinit", "random_mask", "late_rewind")
+    branches: tuple[str, ...] = ("late_rewind", "finetune", "oneshot", "reinit", "random_mask",
+                                 "small_dense")
     branch_remaining: tuple[float, ...] = (0.5, 0.2, 0.1)
 
     def __post_init__(self) -> None:

@@ -37,32 +37,18 @@ from mirl_lib.device import resolve_device
 from mirl_lib.errors import ConfigError
 from mirl_lib.evaluate import evaluate
 from mirl_lib.fileio import atomic_write_text
+from mirl_lib.heldout import load_heldout_set
 from mirl_lib.model import PromptIR, build_model
 from mirl_lib.strategies import REGISTRY, PointContext, Schedule
+from mirl_lib.sizing import plan_table, skeleton  # noqa: F401 (re-exported)
 from mirl_lib.processes import launch_distributed
 from mirl_lib.train import TrainResult, train
 
 
-@functools.lru_cache(maxsize=8)
-def skeleton(cfg: ModelConfig) -> PromptIR:
-    """The network of ``cfg`` on the meta device: names, shapes and module types, no memory."""
-    with torch.device("meta"):
-        return PromptIR(cfg)
-
-
-@functools.lru_cache(maxsize=8)
-def plan_table(model_cfg: ModelConfig, prune_cfg: PruneConfig) -> pd.DataFrame:
-    """Kept counts and remaining fractions after each trunk round, from tensor sizes alone."""
-    net = skeleton(model_cfg)
-    params = dict(net.named_parameters())
-    sizes = {n: params[n].numel() for n in masks.prunable_names(net, prune_cfg.scope)}
-    prunable = sum(sizes.values())
-    total = sum(p.numel() for p in params.values())
-    rows = [{"round": rnd, "kept": kept, "prunable": prunable, "total": total,
-             "remaining_prunable": kept / prunable if prunable else 1.0,
-             "remaining_all": (total - prunable + kept) / total}
-            for rnd, kept in enumerate(pruning.planned_kept(sizes, prune_cfg, prune_cfg.rounds))]
-    return pd.DataFrame(rows)
+# catalog.csv: one row per point (the viewer reads the first seven; collapse counts after them)
+CATALOG_RECORD_COLUMNS = ("seed", "strategy", "round", "remaining_all", "remaining_prunable",
+                          "ticket", "mean_psnr", "total", "empty_tensors", "prunable_tensors",
+                          "path_cut")
 
 
 class Study:
@@ -73,6 +59,7 @@ class Study:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self._test_items: list[TestItem] | None = None
+        self._heldout_items: list[TestItem] | None = None
 
     # ----- folders and bookkeeping -------------------------------------------------------------
     def prepare(self) -> None:
@@ -145,11 +132,16 @@ class Study:
         return model.state_dict()
 
     # ----- running -------------------------------------------------------------------------------
-    def run_points(self, points: list[strategies.Point]) -> pd.DataFrame:
-        """Run ``points`` for every seed (seed-major, so each seed's chain runs in order); one
-        record per point."""
-        return pd.DataFrame([self.run_point(seed, s, r) for seed in self.cfg.study.seeds
-                             for s, r in points])
+    def run_points(self, points: list[strategies.Point],
+                   seeds: list[int] | tuple[int, ...] | None = None) -> pd.DataFrame:
+        """Run ``points`` for ``seeds`` (default: every seed of the study; seed-major, so each
+        seed's chain runs in order); one record per point."""
+        chosen = self.cfg.study.seeds if seeds is None else tuple(seeds)
+        unknown = sorted(set(chosen) - set(self.cfg.study.seeds))
+        if unknown:
+            raise ConfigError(f"seeds {unknown} are not seeds of this study "
+                              f"(study.seeds: {list(self.cfg.study.seeds)})")
+        return pd.DataFrame([self.run_point(seed, s, r) for seed in chosen for s, r in points])
 
     def run_point(self, seed: int, strategy: str, rnd: int) -> dict:
         """Train and evaluate one point unless it is already done; return its record.
@@ -194,13 +186,14 @@ class Study:
         declared = REGISTRY[strategy]
         ctx = PointContext(self, seed, declared, rnd, folder)
         mask_path = folder / "mask.pt"
+        arch = declared.model_config(self.cfg, rnd)
         if mask_path.exists():
             mask = masks.load_mask(mask_path)
         else:
             mask = declared.mask(ctx, rnd)
-            masks.save_mask(mask, mask_path, self.skeleton())
+            masks.save_mask(mask, mask_path, skeleton(arch))
         begin = declared.start(ctx, rnd)
-        model = build_model(self.cfg.model)
+        model = build_model(arch)
         model.load_state_dict(begin.state)
         return model, mask, begin.step, dict(begin.record)
 
@@ -209,16 +202,29 @@ class Study:
         cfg = self.cfg
         state = checkpoints.cpu_state_dict(model)  # train() leaves the final weights in model
         frac = masks.sparsity(mask, model)
-        scores = evaluate(model, self.test_items(), device=str(resolve_device(cfg.train.device)))
-        scores.insert(0, "seed", seed)
-        scores.insert(1, "strategy", strategy)
-        scores.insert(2, "round", rnd)
-        scores.insert(3, "remaining_all", frac["remaining_all"])
-        scores.insert(4, "remaining_prunable", frac["remaining_prunable"])
-        scores["config_hash"] = cfg.hash()
-        atomic_write_text(scores.to_csv(index=False), folder / "metrics.csv")
-        meta = {"model_config": asdict(cfg.model), "strategy": strategy, "round": rnd,
-                "seed": seed, "config_hash": cfg.hash(), **frac}
+        # remaining_all is always a fraction of the study's dense network, so a narrowed network
+        # (the small-dense control) sits at its own parameter count on the same axis
+        dense_total = int(self.plan().at[0, "total"])
+        frac["remaining_all"] = (frac["total"] - frac["prunable"] + frac["kept"]) / dense_total
+        device = str(resolve_device(cfg.train.device))
+        written = {}
+        for name, items in (("metrics.csv", self.test_items()), ("heldout.csv", self.heldout_items())):
+            scores = evaluate(model, items, device=device)
+            scores.insert(0, "seed", seed)
+            scores.insert(1, "strategy", strategy)
+            scores.insert(2, "round", rnd)
+            scores.insert(3, "remaining_all", frac["remaining_all"])
+            scores.insert(4, "remaining_prunable", frac["remaining_prunable"])
+            scores["config_hash"] = cfg.hash()
+            atomic_write_text(scores.to_csv(index=False), folder / name)
+            written[name] = scores
+        scores = written["metrics.csv"]
+        collapsed = masks.collapse(model.cpu(), mask)
+        meta = {"model_config": asdict(model.config), "strategy": strategy, "round": rnd,
+                "seed": seed, "config_hash": cfg.hash(), **frac,
+                "empty_tensors": collapsed["empty_tensors"],
+                "prunable_tensors": collapsed["prunable_tensors"],
+                "path_cut": bool(collapsed["path_cut"])}
         tickets.export_ticket(state, mask, folder / "ticket.mirl", meta)
         record = {**meta, **extra, "mean_psnr": float(scores["psnr"].mean()),
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
@@ -232,6 +238,12 @@ class Study:
         if self._test_items is None:
             self._test_items = load_test_set(self.cfg.data, seed=self.cfg.data.test_seed)
         return self._test_items
+
+    def heldout_items(self) -> list[TestItem]:
+        """The held-out check (``mirl_lib.heldout``): unseen photos, out-of-range rain and haze."""
+        if self._heldout_items is None:
+            self._heldout_items = load_heldout_set(self.cfg.data, seed=self.cfg.data.test_seed)
+        return self._heldout_items
 
     # ----- collecting ------------------------------------------------------------------------------
     def records(self) -> pd.DataFrame:
@@ -254,9 +266,14 @@ class Study:
         metrics = pd.concat(frames, ignore_index=True).sort_values(
             ["seed", "strategy", "round", "task", "dataset", "image"], kind="stable")
         atomic_write_text(metrics.to_csv(index=False), self.run_dir / "metrics.csv")
-        catalog = self.records()[["seed", "strategy", "round", "remaining_all",
-                                  "remaining_prunable", "ticket", "mean_psnr"]]
-        atomic_write_text(catalog.to_csv(index=False), self.run_dir / "catalog.csv")
+        held = [pd.read_csv(p) for p in sorted(self.run_dir.glob("seed_*/**/heldout.csv"))]
+        if held:
+            heldout = pd.concat(held, ignore_index=True).sort_values(
+                ["seed", "strategy", "round", "task", "dataset", "image"], kind="stable")
+            atomic_write_text(heldout.to_csv(index=False), self.run_dir / "heldout.csv")
+        records = self.records()
+        columns = [c for c in CATALOG_RECORD_COLUMNS if c in records.columns]
+        atomic_write_text(records[columns].to_csv(index=False), self.run_dir / "catalog.csv")
         return metrics
 
 

@@ -33,7 +33,7 @@ from mirl_lib.errors import ConfigError, MirlError
 from mirl_lib.fileio import atomic_write_text
 from mirl_lib.lottery import Study
 from mirl_lib.processes import Children, RunLock, kernel_env, kill_tree, module_command
-from mirl_lib.report import compare_with_reference
+from mirl_lib.report import reproduction
 from mirl_lib.strategies import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,12 +42,14 @@ NOTEBOOKS = REPO / "notebooks"
 
 @dataclass(frozen=True)
 class Stage:
-    """One notebook execution: its name, notebook file and injected parameters."""
+    """One notebook execution: its name, notebook file and injected parameters; the points it
+    trains, for ``seeds`` (``None``: every seed of the study)."""
 
     name: str
     notebook: str
     parameters: dict = field(default_factory=dict)
     points: tuple[tuple[str, int], ...] = ()
+    seeds: tuple[int, ...] | None = None
 
 
 def open_study(params_file: str | Path, results_root: str | Path,
@@ -63,21 +65,36 @@ def open_study(params_file: str | Path, results_root: str | Path,
 
 def stage_list(study: Study) -> list[Stage]:
     """Every stage: the data preview, one stage per group of points (as each strategy's
-    ``stage(rnd)`` declares, in the registry's order), the evaluation and the figures."""
+    ``stage(rnd)`` declares, in the registry's order), the evaluation and the figures.
+
+    With several seeds, every group of points is one stage per seed (``round_03_seed1``, with
+    the notebook parameter ``seeds=[1]``): seeds are independent replicates, so their chains run
+    side by side with ``--jobs``. Listed group-major, so the trunk's stages of every seed come
+    before the branches (the scheduler's priority)."""
     groups: dict[str, Stage] = {}
     for strategy, rnd in study.points():
         spec = REGISTRY[strategy].stage(rnd)
         stage = groups.get(spec.name) or Stage(spec.name, spec.notebook, dict(spec.parameters))
         groups[spec.name] = Stage(stage.name, stage.notebook, stage.parameters,
                                   (*stage.points, (strategy, rnd)))
-    return [Stage("data", "00_data_preview.ipynb"), *groups.values(),
+    seeds = study.cfg.study.seeds
+    trained = [Stage(f"{g.name}_seed{seed}", g.notebook, {**g.parameters, "seeds": [seed]},
+                     g.points, (seed,)) for g in groups.values() for seed in seeds
+               ] if len(seeds) > 1 else list(groups.values())
+    return [Stage("data", "00_data_preview.ipynb"), *trained,
             Stage("evaluate", "04_evaluate.ipynb"), Stage("figures", "05_figures.ipynb")]
 
 
+def stage_seeds(study: Study, stage: Stage) -> tuple[int, ...]:
+    """The seeds a stage trains (all of the study's unless the stage names its own)."""
+    return study.cfg.study.seeds if stage.seeds is None else stage.seeds
+
+
 def stage_done(study: Study, stage: Stage) -> bool:
-    """A stage with points is done when all of them are, for every seed. The others (data
+    """A stage with points is done when all of them are, for each of its seeds. The others (data
     preview, evaluation, figures) take seconds and always rerun, so a fresh clone redoes them."""
-    return bool(stage.points) and all(study.is_done(seed, s, r) for seed in study.cfg.study.seeds
+    return bool(stage.points) and all(study.is_done(seed, s, r)
+                                      for seed in stage_seeds(study, stage)
                                       for s, r in stage.points)
 
 
@@ -85,7 +102,7 @@ def move_aside(study: Study, stage: Stage) -> list[Path]:
     """Rename a stage's point folders to ``<folder>.replaced-<time>`` so it reruns; returns them."""
     moved = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for seed in study.cfg.study.seeds:
+    for seed in stage_seeds(study, stage):
         for strategy, rnd in stage.points:
             folder = study.point_dir(seed, strategy, rnd)
             if folder.exists():
@@ -96,7 +113,11 @@ def move_aside(study: Study, stage: Stage) -> list[Path]:
 
 
 def keep_reference(study: Study) -> Path | None:
-    """Copy the committed ``metrics.csv`` to ``reference/`` once, before this run replaces it."""
+    """Copy the committed ``metrics.csv`` to ``reference/`` once, before this run replaces it.
+
+    The copy is what ``reproduction_report`` compares the rerun with; it is taken only when no
+    reference exists yet, so a run resumed or rerun later still compares with the committed run.
+    """
     current = study.run_dir / "metrics.csv"
     reference = study.run_dir / "reference" / "metrics.csv"
     if current.is_file() and not reference.exists():
@@ -106,25 +127,29 @@ def keep_reference(study: Study) -> Path | None:
 
 
 def reproduction_report(study: Study) -> str:
-    """How this run's PSNRs compare with the reference (committed) run."""
+    """Does this run reproduce the reference (committed) run within noise? One line.
+
+    Every comparison of ``report.comparisons`` (PSNR) is computed on both runs: the rerun's
+    difference must lie inside the committed 95% interval, and the verdicts are compared.
+    ``<run>/reproduction.csv`` gets the comparison rows and, per (seed, strategy, round, task),
+    the raw PSNR differences (``report.reproduction``).
+    """
     reference = study.run_dir / "reference" / "metrics.csv"
     current = study.run_dir / "metrics.csv"
     if not reference.is_file():
         return "No committed reference results to compare with (this run is the first)."
-    table = compare_with_reference(pd.read_csv(current), pd.read_csv(reference))
+    if not current.is_file():
+        return f"{current}: not written yet (the evaluation stage has not run); nothing to compare."
+    table, line = reproduction(pd.read_csv(current), pd.read_csv(reference))
     atomic_write_text(table.to_csv(index=False), study.run_dir / "reproduction.csv")
-    both = table.dropna(subset=["difference"])
-    missing = int(table["difference"].isna().sum())
-    diff = both["difference"].abs()
-    return (f"Compared with the committed results on {len(both)} (point, task) means: "
-            f"max |ΔPSNR| = {diff.max():.3f} dB, mean |ΔPSNR| = {diff.mean():.3f} dB"
-            + (f"; {missing} rows present in only one of the two" if missing else "") + ".")
+    return f"Against the committed results: {line}"
 
 
 def executed_notebook(stage: Stage, out_dir: Path) -> Path:
     """Where the executed copy of a stage's notebook is kept (its log beside it, ``.log``)."""
-    suffix = "".join(f"_{v}" if isinstance(v, str) else f"_{v:02d}"
-                     for v in stage.parameters.values())
+    suffix = "".join(f"_{v}" if isinstance(v, str) else
+                     f"_seed{'-'.join(map(str, v))}" if isinstance(v, (list, tuple)) else
+                     f"_{v:02d}" for v in stage.parameters.values())
     return out_dir / f"{Path(stage.notebook).stem}{suffix}.ipynb"
 
 
@@ -257,10 +282,12 @@ def dependencies(study: Study, stages: list[Stage]) -> dict[str, set[str]]:
     """Which stages each stage waits for, derived from what each point ``requires``: a stage
     waits for every other stage that holds a point one of its points reads. The evaluation waits
     for every stage with points (and the data preview), the figures for the evaluation."""
-    owner = {point: stage.name for stage in stages for point in stage.points}
+    owner = {(seed, point): stage.name for stage in stages
+             for seed in stage_seeds(study, stage) for point in stage.points}
     deps: dict[str, set[str]] = {}
     for stage in stages:
-        needed = {req for point in stage.points for req in study.requires(*point)}
+        needed = {(seed, req) for seed in stage_seeds(study, stage) for point in stage.points
+                  for req in study.requires(*point)}
         missing = sorted(needed - set(owner))
         if missing:
             raise MirlError(f"stage {stage.name}: requires point(s) {missing} that no stage of "

@@ -13,7 +13,17 @@ its class and nowhere else:
 - ``mask(ctx, rnd)``: its pruning mask, a pure function of the points it requires;
 - ``start(ctx, rnd)``: its starting weights, the schedule step it starts at and what it records;
 - ``reads_dense_steps`` / ``snapshot_steps``: intermediate weights it reads / keeps;
+- ``model_config(cfg, rnd)``: the architecture it trains (the study's, except for the small-dense
+  control, a narrowed PromptIR of the ticket's parameter count);
 - ``stage(rnd)``: the notebook stage that trains it.
+
+Two kinds of ablation. *Chains* (``late_rewind_chain``, ``finetune_chain``) run their own iterative
+pruning down to the deepest branch round, so their masks come from their own training: faithful,
+but as costly as the trunk. *Branches on the ticket's mask* (``late_rewind``, ``finetune``) take the
+trunk's mask at a branch round and change only where training starts (dense weights after k steps;
+the trunk's trained weights of the round before, no rewind): the same mask, so the comparison with
+the ticket isolates the starting point, at a fraction of the cost. The embedded tiers run the
+branches; a params file may list the chains instead.
 
 The stage runner (``mirl_lib.stages``), ``Study`` (``mirl_lib.lottery``), the report, the figures
 and the viewer read names, order and dependencies from ``REGISTRY``. Adding a strategy is one new
@@ -29,17 +39,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from mirl_lib import masks, pruning
+from mirl_lib.sizing import narrowed, plan_table, skeleton
 from mirl_lib.checkpoints import save_weights
 from mirl_lib.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mirl_lib.config import Config, StudyConfig
+    from mirl_lib.config import Config, ModelConfig, StudyConfig
 
 Point = tuple[str, int]  # (strategy, round), within one seed
 DENSE: Point = ("dense", 0)
 TRUNK = "rewind"
 REINIT_SEED_OFFSET = 10_000
 RANDOM_MASK_SEED_OFFSET = 20_000
+SMALL_DENSE_SEED_OFFSET = 30_000
 ROLES = ("dense", "trunk", "ablation", "control")
 
 
@@ -166,13 +178,19 @@ class Strategy:
         """Steps of the dense training whose weights this strategy reads (``ctx.snapshot``)."""
         return ()
 
+    def model_config(self, cfg: Config, rnd: int) -> ModelConfig:
+        """The architecture this strategy trains at round ``rnd`` (default: the study's)."""
+        return cfg.model
+
     def snapshot_steps(self, cfg: Config) -> tuple[int, ...]:
         """Steps of this strategy's own training whose weights are kept as ``weights_step<k>.pt``."""
         return ()
 
     def stage(self, rnd: int) -> StageSpec:
-        """The notebook stage that trains round ``rnd`` (branches: one stage for all rounds)."""
-        return StageSpec(f"branch_{self.name}", "03_branch.ipynb", (("strategy", self.name),))
+        """The notebook stage that trains round ``rnd`` (branches: one stage per round, so a
+        branch at an early round starts as soon as the trunk round it reads is done)."""
+        return StageSpec(f"branch_{self.name}_{rnd:02d}", "03_branch.ipynb",
+                         (("strategy", self.name), ("round", rnd)))
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -287,10 +305,11 @@ class Rewind(_Chain):
 
 
 @register
-class LateRewind(_Chain):
-    name, label, order, role, placement = ("late_rewind", "late rewind", 2, "ablation", "chain")
-    description = ("the same chain, rewinding to the dense weights after prune.late_rewind_step "
-                   "steps; the learning-rate schedule resumes from that step")
+class LateRewindChain(_Chain):
+    name, label, order, role, placement = ("late_rewind_chain", "late rewind (own chain)", 8,
+                                           "ablation", "chain")
+    description = ("an iterative chain of its own, rewinding to the dense weights after "
+                   "prune.late_rewind_step steps; the learning-rate schedule resumes from that step")
 
     def start(self, ctx: PointContext, rnd: int) -> Start:
         step = ctx.cfg.prune.late_rewind_step
@@ -301,13 +320,52 @@ class LateRewind(_Chain):
 
 
 @register
-class Finetune(_Chain):
-    name, label, order, role, placement = ("finetune", "fine-tune (no rewind)", 3, "ablation",
-                                           "chain")
-    description = "the same chain without rewinding: survivors keep their trained values"
+class FinetuneChain(_Chain):
+    name, label, order, role, placement = ("finetune_chain", "fine-tune (own chain)", 9,
+                                           "ablation", "chain")
+    description = "an iterative chain of its own without rewinding: survivors keep trained values"
 
     def start(self, ctx: PointContext, rnd: int) -> Start:
         return Start(ctx.trained(previous(self.name, rnd)), 0, {"init_seed": ctx.seed})
+
+
+class _OnTicketMask(Strategy):
+    """A branch at a trunk round that trains the ticket's own mask from another starting point."""
+
+    placement = "branch_rounds"
+
+    def mask(self, ctx: PointContext, rnd: int) -> masks.Mask:
+        return ctx.mask_of((TRUNK, rnd))
+
+
+@register
+class LateRewind(_OnTicketMask):
+    name, label, order, role = "late_rewind", "late rewind", 2, "ablation"
+    description = ("the ticket's mask, rewound to the dense weights after prune.late_rewind_step "
+                   "steps instead of initialization; the learning-rate schedule resumes there")
+
+    def requires(self, rnd: int) -> tuple[Point, ...]:
+        return (DENSE, (TRUNK, rnd))
+
+    def start(self, ctx: PointContext, rnd: int) -> Start:
+        step = ctx.cfg.prune.late_rewind_step
+        return Start(ctx.snapshot(step), step, {"init_seed": ctx.seed, "rewind_step": step})
+
+    def reads_dense_steps(self, cfg: Config) -> tuple[int, ...]:
+        return (cfg.prune.late_rewind_step,)
+
+
+@register
+class Finetune(_OnTicketMask):
+    name, label, order, role = "finetune", "fine-tune (no rewind)", 3, "ablation"
+    description = ("the ticket's mask without rewinding: the trunk's trained weights of the round "
+                   "before (the ones this mask pruned) keep training, schedule restarted")
+
+    def requires(self, rnd: int) -> tuple[Point, ...]:
+        return tuple(dict.fromkeys((DENSE, (TRUNK, rnd), previous(TRUNK, rnd))))
+
+    def start(self, ctx: PointContext, rnd: int) -> Start:
+        return Start(ctx.trained(previous(TRUNK, rnd)), 0, {"init_seed": ctx.seed})
 
 
 @register
@@ -368,3 +426,30 @@ class RandomMask(Strategy):
         return Start(ctx.initial(), 0, {"init_seed": ctx.seed,
                                         "mask_seed": self.mask_seed(ctx.seed, rnd)})
 
+
+
+@register
+class SmallDense(Strategy):
+    name, label, order, role, placement = ("small_dense", "small dense (same size)", 7,
+                                           "control", "branch_rounds")
+    description = ("a PromptIR narrowed (width and prompts, ``sizing.narrowed``) to the ticket's "
+                   "total parameter count (within 5%), trained dense from scratch with the same "
+                   "schedule (init seed seed + 30000): is a ticket better than a small network?")
+
+    def requires(self, rnd: int) -> tuple[Point, ...]:
+        return ()  # the ticket's count is exact before any training (``Study.plan``)
+
+    def model_config(self, cfg: Config, rnd: int) -> ModelConfig:
+        plan = plan_table(cfg.model, cfg.prune).set_index("round")
+        target = int(plan.at[rnd, "total"] - plan.at[rnd, "prunable"] + plan.at[rnd, "kept"])
+        return narrowed(cfg.model, target)
+
+    def mask(self, ctx: PointContext, rnd: int) -> masks.Mask:
+        return masks.full_mask(skeleton(self.model_config(ctx.cfg, rnd)), ctx.cfg.prune.scope)
+
+    def start(self, ctx: PointContext, rnd: int) -> Start:
+        from mirl_lib.model import build_model
+
+        init_seed = ctx.seed + SMALL_DENSE_SEED_OFFSET
+        net = build_model(self.model_config(ctx.cfg, rnd), seed=init_seed)
+        return Start(net.state_dict(), 0, {"init_seed": init_seed})

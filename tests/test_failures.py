@@ -33,10 +33,37 @@ def params(tmp_path: Path, name: str, **sections: dict) -> Path:
     return path
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
 def start(params_file: Path, results: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(REPO / "run_all.sh"), str(params_file), "--results", str(results),
-                             *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen([str(REPO / "run_all.sh"), str(params_file), "--results",
+                             str(results), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def no_runner_outlives_its_test():
+    """Whatever a test asserted or timed out on, no runner it started (nor a kernel or training
+    under it) is left running to load the machine for the tests after it."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is not None:
+            continue
+        family = descendants(proc)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for child in family:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.communicate()
 
 
 def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -66,7 +93,10 @@ def all_gone(processes: list[psutil.Process]) -> bool:
 
 # A long dense training (100,000 steps) beside a data preview that fails at once: the test crop
 # of 8 px is smaller than the network's 16 px minimum.
-LONG = {"train": {"steps": 100_000, "checkpoint_every": 20, "log_every": 50}}
+# A dense training that outlasts the test; the branches all wait for the trunk, so nothing else
+# trains beside it (small_dense, which needs no trunk round, would start at once and load the CPU)
+LONG = {"train": {"steps": 100_000, "checkpoint_every": 20, "log_every": 50},
+        "study": {"branches": ["oneshot", "reinit", "random_mask"]}}
 
 
 def test_failing_stage_is_reported_at_once_and_stops_the_others(tmp_path: Path) -> None:
@@ -119,8 +149,9 @@ def test_one_study_per_folder_and_a_dead_holder_is_taken_over(tmp_path: Path) ->
     try:
         wait_for(lock.exists, 120, "the first runner's lock")
         wait_for(lambda: len(descendants(first)) >= 2, 120, "the first runner's stages")
+        # refused at once; the generous timeout is for a loaded machine (imports take seconds)
         second = subprocess.run([str(REPO / "run_all.sh"), str(spec), "--results", str(tmp_path)],
-                                capture_output=True, text=True, timeout=120, cwd=REPO)
+                                capture_output=True, text=True, timeout=300, cwd=REPO)
         assert second.returncode == 2
         holder = json.loads(lock.read_text())
         assert holder["pid"] == first.pid

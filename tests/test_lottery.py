@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mirl_lib import masks, pruning, tickets
+from mirl_lib import masks, pruning, strategies, tickets
 from mirl_lib.checkpoints import load_model
 from mirl_lib.config import load_config
 from mirl_lib.errors import ConfigError
@@ -20,7 +20,9 @@ SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
-    cfg = load_config(SMOKE, overrides={"study": {"name": "lottery"}})
+    # every registered branch, the chains included
+    cfg = load_config(SMOKE, overrides={"study": {"name": "lottery",
+                                                  "branches": strategies.branch_names()}})
     run = Study(cfg, tmp_path_factory.mktemp("runs") / "lottery")
     for strategy, rnd in run.points():
         run.run_point(0, strategy, rnd)
@@ -74,22 +76,74 @@ def test_pruned_weights_are_exactly_zero_after_training(study: Study) -> None:
             assert not final[name][~keep].any(), (strategy, rnd, name)
 
 
-def test_late_rewind_starts_from_step_k_and_resumes_the_schedule(study: Study) -> None:
+@pytest.mark.parametrize("strategy", ["late_rewind", "late_rewind_chain"])
+def test_late_rewind_starts_from_step_k_and_resumes_the_schedule(study: Study,
+                                                                 strategy: str) -> None:
     k = study.cfg.prune.late_rewind_step
     snapshot = state(study, "dense", 0, f"weights_step{k}.pt")
-    start, mask, step, extra = start_of(study, "late_rewind", 1)
+    start, mask, step, extra = start_of(study, strategy, 1)
     assert step == k and extra["rewind_step"] == k
     assert_masked_equal(start, snapshot, mask)
     assert not torch.equal(snapshot["output.weight"], state(study, "dense", 0, "init.pt")["output.weight"])
-    history = pd.read_csv(study.point_dir(0, "late_rewind", 1) / "history.csv")
+    history = pd.read_csv(study.point_dir(0, strategy, 1) / "history.csv")
     assert history["step"].min() > k
 
 
+def test_branches_on_the_ticket_mask_train_exactly_the_tickets_mask(study: Study) -> None:
+    for rnd in study.branch_rounds():
+        trunk = mask_of(study, "rewind", rnd)
+        for strategy in ("late_rewind", "finetune", "reinit"):
+            mask = mask_of(study, strategy, rnd)
+            assert all(torch.equal(mask[n], trunk[n]) for n in trunk), (strategy, rnd)
+
+
+def test_late_rewind_chain_finds_its_own_masks(study: Study) -> None:
+    weights = state(study, "late_rewind_chain", 1)
+    previous = mask_of(study, "late_rewind_chain", 1)
+    expected = pruning.prune({n: weights[n] for n in previous}, previous, study.cfg.prune)
+    mask = mask_of(study, "late_rewind_chain", 2)
+    assert all(torch.equal(mask[n], expected[n]) for n in mask)
+
+
 def test_finetune_keeps_trained_values(study: Study) -> None:
-    start, mask, _, _ = start_of(study, "finetune", 2)
-    assert_masked_equal(start, state(study, "finetune", 1), mask)
+    # on the ticket's mask: the trunk's weights of the round before, no rewind
+    start, mask, step, _ = start_of(study, "finetune", 2)
+    assert step == 0
+    assert_masked_equal(start, state(study, "rewind", 1), mask)
     start, mask, _, _ = start_of(study, "finetune", 1)
     assert_masked_equal(start, state(study, "dense", 0), mask)
+    # its own chain: its own weights of the round before
+    start, mask, _, _ = start_of(study, "finetune_chain", 2)
+    assert_masked_equal(start, state(study, "finetune_chain", 1), mask)
+    start, mask, _, _ = start_of(study, "finetune_chain", 1)
+    assert_masked_equal(start, state(study, "dense", 0), mask)
+
+
+def test_small_dense_has_the_tickets_parameter_count(study: Study) -> None:
+    records = study.records().set_index(["strategy", "round"])
+    for rnd in study.branch_rounds():
+        ticket, small = records.loc[("rewind", rnd)], records.loc[("small_dense", rnd)]
+        ticket_count = ticket["total"] - ticket["prunable"] + ticket["kept"]
+        assert small["kept"] == small["prunable"]  # nothing pruned: a dense, narrower network
+        assert small["total"] == pytest.approx(ticket_count, rel=0.05)
+        assert small["remaining_all"] == pytest.approx(ticket["remaining_all"], rel=0.05)
+        model, meta = load_model(study.point_dir(0, "small_dense", rnd) / "ticket.mirl")
+        assert meta["model_config"] != study.cfg.model
+        assert small["total"] < records.loc[("dense", 0)]["total"]
+        assert sum(p.numel() for p in model.parameters()) == small["total"]
+        assert small["init_seed"] == strategies.SMALL_DENSE_SEED_OFFSET
+
+
+def test_every_point_records_collapse_and_is_scored_on_the_heldout_photos(study: Study) -> None:
+    records = study.records()
+    assert {"empty_tensors", "prunable_tensors", "path_cut"} <= set(records.columns)
+    dense = records[records["strategy"] == "dense"].iloc[0]
+    assert dense["empty_tensors"] == 0 and not dense["path_cut"]
+    catalog = pd.read_csv(study.run_dir / "catalog.csv")
+    assert {"empty_tensors", "path_cut"} <= set(catalog.columns) and len(catalog) == len(records)
+    held = pd.read_csv(study.run_dir / "heldout.csv")
+    assert set(held["dataset"]) == {"heldout"}
+    assert len(held) == len(records) * len(study.heldout_items())
 
 
 def test_oneshot_prunes_the_dense_network_to_the_trunk_sparsity(study: Study) -> None:

@@ -1,66 +1,247 @@
-"""Tables and figures from a long metrics table, with one seed and with several."""
+"""Tables, the answer sentences, the reproduction check and the figures, from constructed long
+metrics tables with one seed and with several."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from mirl_lib import figures
-from mirl_lib.report import point_means, seed_stats, summary_markdown, verdict
+from mirl_lib import figures, report, stats
+from mirl_lib.report import (answer, comparisons, headline, point_means, reproduction, seed_stats,
+                             summary_markdown)
 
 TASKS = ("denoise_25", "derain")
-POINTS = (("dense", 0, 1.0), ("rewind", 1, 0.8), ("rewind", 2, 0.64), ("reinit", 2, 0.64),
+IMAGES = ("a", "b", "c", "d")
+# (strategy, round, remaining_all); the control at round 2 has its own parameter count
+POINTS = (("dense", 0, 1.0), ("rewind", 1, 0.8), ("rewind", 2, 0.64), ("reinit", 2, 0.65),
           ("random_mask", 2, 0.64), ("oneshot", 2, 0.64))
+BASE = {"dense": 25.0, "rewind": 25.0, "reinit": 24.0, "random_mask": 24.0, "oneshot": 24.5}
 
 
-def metrics(seeds: tuple[int, ...], ticket_gap: float) -> pd.DataFrame:
-    """Dense at 25 dB; the ticket ``ticket_gap`` dB off at round 2; controls 1 dB lower."""
+def metrics(seeds: tuple[int, ...], ticket_gap: float, noise: float = 0.05,
+            points: tuple = POINTS) -> pd.DataFrame:
+    """Dense at 25 dB; the ticket ``ticket_gap`` dB off at round 2; controls 1 dB lower, one-shot
+    0.5 dB lower; every image has its own difficulty, every score ``noise`` dB of noise."""
+    rng = np.random.default_rng(0)
+    difficulty = {(t, i): rng.normal(0, 1) for t in TASKS for i in IMAGES}
     rows = []
     for seed in seeds:
-        for strategy, rnd, rem in POINTS:
-            base = {"dense": 25.0, "rewind": 25.0 + (ticket_gap if rnd == 2 else 0.0),
-                    "reinit": 24.0, "random_mask": 24.0, "oneshot": 24.5}[strategy]
+        for strategy, rnd, rem in points:
+            base = BASE[strategy] + (ticket_gap if (strategy, rnd) == ("rewind", 2) else 0.0)
             for task in TASKS:
-                for image in ("a", "b"):
+                for image in IMAGES:
                     rows.append({"seed": seed, "strategy": strategy, "round": rnd,
                                  "remaining_all": rem, "remaining_prunable": rem, "task": task,
                                  "dataset": "bundled", "image": image,
-                                 "psnr": base + 0.1 * seed, "ssim": 0.8, "input_psnr": 20.0,
-                                 "input_ssim": 0.5})
+                                 "psnr": base + 0.1 * seed + difficulty[task, image]
+                                 + noise * rng.normal(),
+                                 "ssim": 0.8 + 0.001 * rng.normal(), "input_psnr": 20.0,
+                                 "input_ssim": 0.5, "config_hash": "x"})
     return pd.DataFrame(rows)
 
 
 def test_point_means_average_images_then_tasks() -> None:
-    means = point_means(metrics((0,), -0.5))
+    means = point_means(metrics((0,), -0.5, noise=0.0))
     overall = means[(means["task"] == "all-in-one") & (means["strategy"] == "rewind")]
-    assert overall.sort_values("round")["psnr"].tolist() == pytest.approx([25.0, 24.5])
+    gap = np.subtract(*overall.sort_values("round")["psnr"].tolist())
+    assert gap == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("gap, word", [(-0.5, "does not match"), (-0.05, "matches")])
-def test_verdict_says_whether_the_ticket_matches(gap: float, word: str) -> None:
-    sentence = verdict(seed_stats(point_means(metrics((0,), gap))))
-    assert f"so at this scale it {word} the dense network" in sentence
-    assert "random re-init 24.00 dB" in sentence and "64.0% of all parameters" in sentence
+@pytest.mark.parametrize("gap, word", [(-0.5, "worse than"), (-0.02, "matches"),
+                                       (0.6, "better than")])
+def test_answer_is_chosen_by_the_verdict(gap: float, word: str) -> None:
+    sentences = answer(comparisons(metrics((0, 1, 2), gap), n_boot=500))
+    first = sentences[0]
+    assert f"]: {word} the dense network" in first
+    assert "64.0% of all parameters, trunk round 2" in first
+    assert "margin ±0.25 dB; 3 seeds × 8 images, bootstrap over seeds and images" in first
+    assert re.search(r"[-+]\d+\.\d\d dB \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]", first)
 
 
-def test_several_seeds_give_mean_and_spread_in_every_table() -> None:
-    text = summary_markdown(metrics((0, 1, 2), -0.5), "t")
-    assert "| all-in-one | 20.00 | 25.10 ± 0.10 |" in text
-    table = text.split("## All-in-one PSNR")[1].split("## Per task")[0]
-    assert "24.60 ± 0.10" in table and "25.10 ± 0.10" in table
-    assert "±" not in summary_markdown(metrics((0,), -0.5), "t")
+def test_answer_names_the_sparsest_matching_round_or_none() -> None:
+    matching = answer(comparisons(metrics((0,), -0.5), n_boot=500))
+    assert "The sparsest ticket that matches the dense network keeps 80.0% of all parameters "\
+           "(trunk round 1)" in matching[1]
+    assert "1 matches, 1 worse" in matching[1]
+    assert "bootstrap over images only" in matching[0] and "1 seed × 8 images" in matching[0]
+    noisy = metrics((0,), -0.5, noise=2.0)
+    none = answer(comparisons(noisy, n_boot=500))
+    assert none[1].startswith("No trunk round matches the dense network within ±0.25 dB")
+
+
+def test_answer_compares_the_ticket_with_every_control_and_ablation_at_branch_rounds() -> None:
+    sentences = answer(comparisons(metrics((0, 1), -0.05), n_boot=500))
+    branch = [s for s in sentences if s.startswith("At 64.0% of all parameters (trunk round 2)")]
+    assert len(branch) == 1  # labelled by the trunk's remaining, not the control's 65%
+    text = branch[0]
+    assert "against the controls: better than random re-init (+" in text
+    assert "better than random mask (+" in text
+    assert "against the ablations: better than one-shot (+" in text
+    assert text.index("random re-init") < text.index("random mask")  # registry order
+
+
+def test_comparisons_use_the_registry_and_pair_controls_with_their_own_count() -> None:
+    comps = comparisons(metrics((0, 1), -0.05), n_boot=200)
+    psnr = comps[(comps["metric"] == "psnr") & (comps["task"] == "all-in-one")]
+    assert [(r.round, r.b) for r in psnr.itertuples()] == [
+        (1, "dense"), (2, "dense"), (2, "oneshot"), (2, "reinit"), (2, "random_mask")]
+    assert set(psnr["remaining"].round(2)) == {0.8, 0.64}
+    assert report.branch_rounds(comps, "b") == [2]
+
+
+def test_summary_has_intervals_verdicts_and_spread() -> None:
+    text = summary_markdown(metrics((0, 1, 2), -0.5), "t", n_boot=500)
+    answer_part = text.split("## Answer")[1].split("## Dense")[0]
+    assert "worse than the dense network" in answer_part and "[" in answer_part
+    assert "margin ±0.25 dB" in answer_part and "resampling the training seeds and" in answer_part
+    assert re.search(r"\| all-in-one \| 20\.00 \| \d+\.\d\d ± \d\.\d\d \| \+\d\.\d\d ± \d\.\d\d "
+                     r"\| 0\.5000 \| 0\.\d{4} ± 0\.\d{4} \|", text)
+    table = text.split("## All-in-one PSNR")[1].split("## Ticket against")[0]
+    assert "| 64.0 (2) |" in table and "| 100.0 (0) |" in table and "±" in table
+    assert "65.0" not in table  # the control sits on the trunk's row
+    per_round = text.split("## Ticket − X at 64.0% remaining (trunk round 2)")[1]
+    assert "ticket − dense" in per_round and "ticket − random re-init" in per_round
+    assert re.search(r"\| all-in-one \| -0\.\d\d \[-0\.\d\d, -0\.\d\d\] worse \|", per_round)
+    vs_dense = text.split("## Ticket against the dense network at every trunk round")[1]
+    assert "| 2 | 64.0 |" in vs_dense and "worse" in vs_dense
+    assert "## Held-out photos" not in text and "## Layer collapse" not in text
+    one_seed = summary_markdown(metrics((0,), -0.5), "t", n_boot=200)
+    assert "±" not in one_seed.split("## All-in-one PSNR")[1].split("## Ticket against")[0]
+    assert "images within each task only: one seed" in one_seed
+
+
+def test_summary_heldout_section() -> None:
+    data = metrics((0, 1), -0.5)
+    held = metrics((0, 1), -1.5).query("strategy in ['dense', 'rewind']")
+    held = held.assign(dataset="heldout", input_psnr=18.0)
+    text = summary_markdown(data, "t", heldout=held, n_boot=300)
+    section = text.split("## Held-out photos")[1]
+    assert "ticket − dense at 64.0% (round 2)" in section
+    assert "(round 1)" not in section  # branch rounds only
+    assert re.search(r"\| all-in-one \| 18\.00 \| \d+\.\d\d ± \d\.\d\d \| \+\d\.\d\d ± \d\.\d\d "
+                     r"\| -1\.\d\d \[-1\.\d\d, -1\.\d\d\] worse \|", section)
+
+
+def catalog(with_collapse: bool = True) -> pd.DataFrame:
+    rows = []
+    for seed in (0, 1):
+        for strategy, rnd, rem in POINTS:
+            row = {"seed": seed, "strategy": strategy, "round": rnd, "remaining_all": rem,
+                   "remaining_prunable": rem, "ticket": "t.mirl", "mean_psnr": 25.0}
+            if with_collapse:
+                row.update(empty_tensors=(3 + seed if (strategy, rnd) == ("oneshot", 2) else
+                                          2 if (strategy, rnd) == ("rewind", 1) else 0),
+                           prunable_tensors=85,
+                           path_cut=(strategy == "oneshot" and seed == 1))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_summary_layer_collapse_section(tmp_path: Path) -> None:
+    data = metrics((0, 1), -0.5)
+    path = tmp_path / "catalog.csv"
+    catalog().to_csv(path, index=False)  # as the run writes it (path_cut read back from text)
+    text = summary_markdown(data, "t", points=report.read_optional(path), n_boot=200)
+    section = text.split("## Layer collapse")[1]
+    assert "| 2 | 64.0 | one-shot | 3–4 of 85 | 1 of 2 |" in section
+    assert "| 1 | 80.0 | ticket (rewind to init) | 2 of 85 | 0 of 2 |" in section  # has empties
+    assert "| 2 | 64.0 | random re-init | 0 of 85 | 0 of 2 |" in section  # a branch round
+    assert "dense" not in section.split("|---|")[-1]
+    without = summary_markdown(data, "t", points=catalog(False), n_boot=200)
+    assert "## Layer collapse" not in without
+    assert report.collapse_of(catalog(), "oneshot", 2) == {
+        "empty_tensors": "3–4", "seeds": 2, "prunable_tensors": "85", "path_cut": 1}
+    assert report.collapse_of(catalog(False), "oneshot", 2) is None
+
+
+def test_headline_is_a_markdown_list_of_the_answer() -> None:
+    data = metrics((0,), -0.5)
+    text = headline(data, n_boot=300)
+    lines = text.strip().splitlines()
+    assert all(line.startswith("- ") for line in lines)
+    assert [line[2:] for line in lines] == answer(comparisons(data, n_boot=300,
+                                                              metric_names=("psnr",)))
+
+
+def test_reproduction_of_an_identical_rerun() -> None:
+    data = metrics((0, 1), -0.5)
+    table, line = reproduction(data, data.copy(), n_boot=300)
+    comps = table[table["kind"] == "comparison"]
+    n = len(comps)
+    assert n == 5 * 3  # 5 comparisons × (2 tasks + all-in-one)
+    assert line == (f"reproduced within noise: all {n} rerun comparison means lie inside the "
+                    f"committed 95% intervals, {n}/{n} verdicts unchanged (point means: "
+                    f"max |ΔPSNR| = 0.000 dB).")
+    assert comps["inside"].all() and comps["verdict_unchanged"].all()
+    points = table[table["kind"] == "point"]
+    assert len(points) == 2 * len(POINTS) * 3 and (points["difference"] == 0).all()
+    for column in ("reference_difference", "reference_ci_low", "reference_ci_high",
+                   "rerun_difference", "inside", "verdict_reference", "verdict_rerun"):
+        assert column in table.columns
+
+
+def test_reproduction_names_a_comparison_far_outside() -> None:
+    reference = metrics((0, 1), -0.5)
+    rerun = reference.copy()
+    moved = (rerun["strategy"] == "reinit") & (rerun["task"] == "derain")
+    rerun.loc[moved, "psnr"] += 3.0
+    rerun.loc[rerun["strategy"] == "dense", "psnr"] += 1e-4  # noise well inside
+    table, line = reproduction(rerun, reference, n_boot=300)
+    assert line.startswith("NOT reproduced within noise: 2 of 15 comparisons outside the "
+                           "committed intervals: round 2 (64.0%), rewind vs reinit, derain: "
+                           "committed +")
+    assert "rewind vs reinit, all-in-one" in line and ", rerun -" in line
+    assert "verdicts unchanged; point means: max |ΔPSNR| = 3.000 dB" in line
+    outside = table[(table["kind"] == "comparison") & ~table["inside"].astype(bool)]
+    assert set(outside["b"]) == {"reinit"}
+
+
+def test_reproduction_report_writes_the_csv(tmp_path: Path) -> None:
+    from mirl_lib.stages import reproduction_report
+    study = SimpleNamespace(run_dir=tmp_path)
+    assert reproduction_report(study).startswith("No committed reference")
+    data = metrics((0,), -0.5)
+    (tmp_path / "reference").mkdir()
+    data.to_csv(tmp_path / "reference" / "metrics.csv", index=False)
+    data.to_csv(tmp_path / "metrics.csv", index=False)
+    line = reproduction_report(study)
+    assert "reproduced within noise" in line and "max |ΔPSNR| = 0.000 dB" in line
+    assert "\n" not in line
+    written = pd.read_csv(tmp_path / "reproduction.csv")
+    assert set(written["kind"]) == {"point", "comparison"}
+
+
+def test_margin_is_configurable_and_stated() -> None:
+    data = metrics((0, 1), -0.5)
+    wide = summary_markdown(data, "t", margin=1.0, n_boot=200)
+    assert "margin ±1.00 dB" in wide and "]: matches the dense network" in wide
+    assert stats.EQUIVALENCE_MARGIN_DB == 0.25
+
+
+def test_seed_stats_keeps_its_columns() -> None:
+    stats_ = seed_stats(point_means(metrics((0, 1), -0.5)))
+    for column in ("strategy", "round", "task", "remaining_all", "psnr", "psnr_sd", "ssim",
+                   "ssim_sd", "input_psnr", "seeds"):
+        assert column in stats_.columns
 
 
 def test_figures_are_written_for_several_seeds(tmp_path: Path) -> None:
     data = metrics((0, 1), -0.5)
     paths = [figures.psnr_vs_remaining(data, tmp_path / "psnr.png")]
-    report = pd.DataFrame({"name": ["a.weight", "b.weight", "c.bias"], "density": [0.5, 0.1, 1.0],
-                           "prunable": [True, True, False]})
-    paths.append(figures.layer_density(pd.concat([report, report.assign(density=[0.4, 0.2, 1.0])]),
-                                       tmp_path / "density.png", "t"))
+    density = pd.DataFrame({"name": ["a.weight", "b.weight", "c.bias"],
+                            "density": [0.5, 0.0, 1.0], "prunable": [True, True, False]})
+    paths.append(figures.layer_density(
+        pd.concat([density, density.assign(density=[0.4, 0.0, 1.0])]), tmp_path / "density.png",
+        "t", collapse=report.collapse_of(catalog(), "oneshot", 2)))
+    paths.append(figures.layer_density(density, tmp_path / "density_plain.png", "t"))
+    paths.append(figures.comparison_forest(comparisons(data, n_boot=200),
+                                           tmp_path / "comparisons.png"))
+    paths.append(figures.comparison_forest(comparisons(data.iloc[:0]), tmp_path / "empty.png"))
     history = pd.DataFrame({"step": [1, 2] * 4, "loss": np.linspace(0.2, 0.1, 8),
                             "strategy": "rewind", "round": [1, 1, 2, 2] * 2,
                             "seed": [0] * 4 + [1] * 4})
@@ -68,3 +249,27 @@ def test_figures_are_written_for_several_seeds(tmp_path: Path) -> None:
     for path in paths:
         with Image.open(path) as image:
             assert image.width > 300 and np.asarray(image.convert("L")).std() > 5
+
+
+def test_dense_bars_are_computed_from_paired_gains() -> None:
+    from mirl_lib.report import DENSE_MIN_GAIN_DB, dense_bars, dense_gains
+
+    rows = []
+    for seed in (0, 1):
+        for task, gain, dssim in (("denoise_25", 5.0, 0.2), ("derain", 3.5, 0.01),
+                                  ("dehaze", 2.0, -0.02)):
+            for image in ("a", "b", "c"):
+                rows.append({"seed": seed, "strategy": "dense", "round": 0, "task": task,
+                             "dataset": "bundled", "image": image, "input_psnr": 20.0,
+                             "psnr": 20.0 + gain, "input_ssim": 0.5, "ssim": 0.5 + dssim,
+                             "remaining_all": 1.0, "remaining_prunable": 1.0})
+    gains = dense_gains(pd.DataFrame(rows)).set_index("task")
+    assert gains.loc["derain", "gain_db"] == pytest.approx(3.5)
+    assert gains.loc["derain", "gain_low"] == pytest.approx(3.5)  # no spread: a point interval
+    assert gains.loc["dehaze", "ssim_change"] == pytest.approx(-0.02)
+    assert gains.loc["all-in-one", "gain_db"] == pytest.approx((5.0 + 3.5 + 2.0) / 3)
+    sentences = dense_bars(gains.reset_index(), gains.reset_index())
+    assert DENSE_MIN_GAIN_DB == 3.0
+    assert sentences[0].endswith("it does not yet learn every task (short on dehaze).")
+    assert "≥ +3 dB on 2 of 3 tasks, SSIM above the input on 2 of 3" in sentences[0]
+    assert sentences[1].endswith("beats the degraded input on 3 of 3 tasks.")

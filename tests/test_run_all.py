@@ -72,7 +72,8 @@ def test_every_artifact_exists_and_is_consistent(smoke_run: tuple[Path, str]) ->
     assert set(metrics["task"]) == set(cfg.data.tasks)
     summary = (run_dir / "summary.md").read_text()
     assert "## Answer" in summary
-    assert re.search(r"(matches|does not match) the dense network", summary)
+    assert re.search(r"\]: (matches|better than|worse than|inconclusive against) the dense "
+                     r"network", summary)
     for stage in stage_list(study):
         notebook = executed_notebook(stage, run_dir / "notebooks")
         nb = nbformat.read(notebook, as_version=4)
@@ -122,6 +123,10 @@ def test_controls_alone_wait_for_the_trunk_rounds_they_read(tmp_path: Path) -> N
     metrics = pd.read_csv(tmp_path / "controls" / "metrics.csv")
     assert set(metrics["strategy"]) == {"dense", "rewind", "oneshot", "reinit", "random_mask"}
     log = out.stdout.splitlines()
-    first_branch = min(i for i, line in enumerate(log) if "branch_" in line and "running" in line)
-    deepest = max(i for i, line in enumerate(log) if "round_02: finished" in line)
-    assert deepest < first_branch
+    started = {m.group(1): i for i, line in enumerate(log)
+               if (m := re.search(r"\] (branch_\w+_(\d\d)): running", line))}
+    assert started, out.stdout
+    for stage, i in started.items():  # a branch at round r starts after trunk round r finished
+        rnd = stage[-2:]
+        finished = min(j for j, line in enumerate(log) if f"round_{rnd}: finished" in line)
+        assert finished < i, (stage, out.stdout)

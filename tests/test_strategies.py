@@ -21,7 +21,7 @@ from mirl_lib.config import PRESETS, load_config
 from mirl_lib.errors import ConfigError
 from mirl_lib.lottery import Study, plan_table
 from mirl_lib.model import build_model
-from mirl_lib.stages import dependencies, open_study, schedule, stage_list
+from mirl_lib.stages import dependencies, executed_notebook, open_study, schedule, stage_list
 from mirl_lib.strategies import DENSE, REGISTRY, TRUNK, PointContext, Strategy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def smoke(tmp_path: Path, **overrides) -> Study:
 
 def test_registry_declares_every_strategy_once() -> None:
     assert list(REGISTRY) == ["dense", "rewind", "late_rewind", "finetune", "oneshot", "reinit",
-                              "random_mask"]
+                              "random_mask", "small_dense", "late_rewind_chain", "finetune_chain"]
     assert len({s.order for s in REGISTRY.values()}) == len(REGISTRY)
     assert strategies.with_role("dense") == ["dense"] and strategies.with_role("trunk") == [TRUNK]
     assert set(BRANCHES) == set(REGISTRY) - {"dense", TRUNK}
@@ -53,11 +53,23 @@ def test_default_study_dependencies_are_what_each_strategy_reads() -> None:
     rounds = [f"round_{r:02d}" for r in study.branch_rounds()]
     assert study.branch_rounds() == [3, 8, 12]
     assert deps["round_01"] == {"dense"} and deps["round_05"] == {"dense", "round_04"}
-    assert deps["branch_oneshot"] == {"dense", *rounds}  # today's bug: it waited for dense only
-    assert deps["branch_random_mask"] == {"dense", *rounds}
-    assert deps["branch_reinit"] == set(rounds)
-    assert deps["branch_finetune"] == deps["branch_late_rewind"] == {"dense"}
-    assert deps["figures"] == {"evaluate"} and "branch_reinit" in deps["evaluate"]
+    # one stage per branch and round: it waits for what that round reads, nothing more
+    for r in study.branch_rounds():
+        trunk = f"round_{r:02d}"
+        assert deps[f"branch_oneshot_{r:02d}"] == {"dense", trunk}
+        assert deps[f"branch_random_mask_{r:02d}"] == {"dense", trunk}
+        assert deps[f"branch_reinit_{r:02d}"] == {trunk}
+        assert deps[f"branch_late_rewind_{r:02d}"] == {"dense", trunk}
+        # fine-tuning starts from the trunk round before (round 2 for round 3, ...)
+        assert deps[f"branch_finetune_{r:02d}"] == {"dense", trunk, f"round_{r - 1:02d}"}
+        assert deps[f"branch_small_dense_{r:02d}"] == set()  # sized from exact counts
+    chains = open_study(PARAMS / "default.yaml", "/nonexistent",
+                        {"study": {"branches": ["finetune_chain", "late_rewind_chain"]}})
+    chain_deps = dependencies(chains, stage_list(chains))
+    assert chain_deps["branch_finetune_chain_01"] == {"dense"}
+    assert chain_deps["branch_finetune_chain_05"] == {"dense", "branch_finetune_chain_04"}
+    assert chain_deps["branch_late_rewind_chain_02"] == {"dense", "branch_late_rewind_chain_01"}
+    assert deps["figures"] == {"evaluate"} and "branch_reinit_12" in deps["evaluate"]
 
 
 def test_unknown_branch_is_refused_naming_the_file(tmp_path: Path) -> None:
@@ -118,9 +130,10 @@ def test_adding_a_strategy_is_one_class(registered, tmp_path: Path) -> None:
     study = smoke(tmp_path, study={"branches": ["half"]})
     assert study.points("half") == [("half", r) for r in study.branch_rounds()]
     stages = stage_list(study)
-    assert [s.name for s in stages][-3:] == ["branch_half", "evaluate", "figures"]
-    rounds = {f"round_{r:02d}" for r in study.branch_rounds()}
-    assert dependencies(study, stages)["branch_half"] == {"dense"} | rounds
+    half = [f"branch_half_{r:02d}" for r in study.branch_rounds()]
+    assert [s.name for s in stages][-2 - len(half):] == [*half, "evaluate", "figures"]
+    for r, name in zip(study.branch_rounds(), half):
+        assert dependencies(study, stages)[name] == {"dense", f"round_{r:02d}"}
     # the dense run keeps the snapshot the new strategy reads, and the point trains
     for strategy, rnd in study.points():
         study.run_point(0, strategy, rnd)
@@ -271,7 +284,7 @@ def test_planning_the_paper_study_builds_no_network(monkeypatch: pytest.MonkeyPa
     plan = study.plan()
     assert plan["remaining_all"].iloc[15] == pytest.approx(0.10006, abs=1e-5)
     assert study.branch_rounds() == [3, 9, 15]
-    assert len(stage_list(study)) == 1 + 1 + 15 + 5 + 2
+    assert len(stage_list(study)) == 1 + 1 + 15 + 6 * 3 + 2  # data, dense, rounds, branches, eval+figs
 
 
 # ----- import layering ----------------------------------------------------------------------------
@@ -312,3 +325,26 @@ def test_ground_floor_imports_no_torch() -> None:
     code = ("import sys, mirl_lib.fileio, mirl_lib.errors; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_several_seeds_run_as_independent_stages_that_wait_only_for_their_own_seed() -> None:
+    study = open_study(PARAMS / "default.yaml", "/nonexistent", {"study": {"seeds": [0, 1, 2]}})
+    stages = stage_list(study)
+    names = [s.name for s in stages]
+    assert names[:4] == ["data", "dense_seed0", "dense_seed1", "dense_seed2"]
+    assert names[-2:] == ["evaluate", "figures"]
+    by_name = {s.name: s for s in stages}
+    assert by_name["round_03_seed1"].parameters == {"round": 3, "seeds": [1]}
+    assert executed_notebook(by_name["round_03_seed1"], Path("/x")).name == (
+        "02_prune_round_03_seed1.ipynb")
+    deps = dependencies(study, stages)
+    assert deps["round_01_seed2"] == {"dense_seed2"}
+    assert deps["round_05_seed1"] == {"dense_seed1", "round_04_seed1"}
+    assert deps["branch_reinit_08_seed0"] == {"round_08_seed0"}
+    trained = {n for n in names if n.startswith(("dense", "round", "branch"))}
+    assert deps["evaluate"] == trained | {"data"}
+    # the trunk of every seed is listed before any branch: it is the critical path
+    assert max(names.index(n) for n in names if n.startswith("round")) < min(
+        names.index(n) for n in names if n.startswith("branch"))
+    with pytest.raises(ConfigError, match=r"seeds \[7\] are not seeds of this study"):
+        study.run_points([("dense", 0)], seeds=[7])

@@ -1,0 +1,263 @@
+"""Paired comparisons of the study with bootstrap confidence intervals and a verdict.
+
+Every comparison is *paired*: network ``a`` and network ``b`` are scored on the same test images
+with the same training seed, so each (seed, image) gives one difference ``a - b`` and the
+comparison is about the mean of those differences. The all-in-one difference is the mean over
+tasks of the per-task mean differences (every task weighs the same whatever its number of images,
+as ``evaluate.task_means`` defines the all-in-one score).
+
+Uncertainty (``paired_bootstrap``)
+    A percentile bootstrap that resamples, in each of ``n_boot`` replicates,
+
+    - the training seeds with replacement (a seed is one trained network per strategy and round;
+      the same resampled seeds serve every task), and
+    - the test images with replacement, within each task (stratified), the same resampled images
+      for every resampled seed (seeds and images are crossed: every seed is scored on the same
+      images).
+
+    With a single seed only the images are resampled; the result says which (``resampled``). The
+    interval is then about the test images only: it says nothing about how another training seed
+    would do. Only complete pairs are used: a (seed, image) cell missing for one of the two
+    networks, or an image some seed lacks, is dropped (counted in ``dropped``).
+
+Verdict (``verdict``), with the equivalence margin ``m`` (``EQUIVALENCE_MARGIN_DB`` for PSNR;
+a study may pass its own):
+
+- ``matches``: the whole 95% interval lies within ``[-m, +m]`` (the interval may touch ``±m``);
+- otherwise ``better``: the interval lies above 0 (``lo > 0``);
+- otherwise ``worse``: the interval lies below 0 (``hi < 0``);
+- otherwise ``inconclusive``: the interval holds 0 and reaches beyond the margin, so the data
+  neither show a difference nor rule out one larger than the margin.
+
+``comparisons`` lists every comparison the study makes: the ticket (trunk strategy ``TRUNK``) at
+every trunk round against the dense network, and at every round where another strategy ran the
+ticket against that strategy, for PSNR (and SSIM), per task and all-in-one.
+
+This module needs numpy and pandas only (no torch), so the report can be built anywhere.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mirl_lib.config import TASKS
+
+# The same names as evaluate.ALL_IN_ONE and strategies.DENSE / strategies.TRUNK (those modules
+# import torch; tests/test_stats.py checks that the names agree).
+ALL_IN_ONE = "all-in-one"
+DENSE = "dense"
+TRUNK = "rewind"
+
+# A ticket "matches" another network when the whole 95% interval of the PSNR difference lies
+# within +-EQUIVALENCE_MARGIN_DB (dB). The SSIM rows use EQUIVALENCE_MARGIN_SSIM.
+EQUIVALENCE_MARGIN_DB = 0.25
+EQUIVALENCE_MARGIN_SSIM = 0.01
+LEVEL = 0.95
+N_BOOT = 2000
+VERDICTS = ("matches", "better", "worse", "inconclusive")
+SEEDS_AND_IMAGES = "seeds × images"
+IMAGES_ONLY = "images only (1 seed)"
+
+
+def verdict(lo: float, hi: float, margin: float = EQUIVALENCE_MARGIN_DB) -> str:
+    """``matches`` / ``better`` / ``worse`` / ``inconclusive`` for the interval ``[lo, hi]`` of a
+    difference ``a - b`` (rules in the module docstring)."""
+    if -margin <= lo and hi <= margin:
+        return "matches"
+    if lo > 0:
+        return "better"
+    if hi < 0:
+        return "worse"
+    return "inconclusive"
+
+
+def _task_order(tasks: Sequence[str]) -> list[str]:
+    rank = {t: i for i, t in enumerate(TASKS)}
+    return sorted(set(tasks), key=lambda t: (rank.get(t, len(rank)), t))
+
+
+def _complete(values: np.ndarray, task_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Restrict a seeds × (task, image) array (NaN = missing) to a full grid: the seeds with at
+    least one value in every task that has any, then the images every kept seed has. Returns the
+    row mask, the column mask and how many values were dropped."""
+    present = ~np.isnan(values)
+    tasks = np.unique(task_of[present.any(axis=0)])
+    rows = np.ones(values.shape[0], dtype=bool)
+    for task in tasks:
+        rows &= present[:, task_of == task].any(axis=1)
+    cols = present[rows].all(axis=0) if rows.any() else np.zeros(values.shape[1], dtype=bool)
+    return rows, cols, int(present.sum()) - int(rows.sum()) * int(cols.sum())
+
+
+def _bootstrap(values: np.ndarray, task_of: np.ndarray, n_boot: int, seed: int,
+               level: float) -> pd.DataFrame:
+    """``paired_bootstrap`` on a complete seeds × (task, image) array of differences."""
+    columns = ["task", "difference", "ci_low", "ci_high", "seeds", "images"]
+    if values.size == 0:
+        return pd.DataFrame(columns=columns)
+    n_seeds = values.shape[0]
+    rng = np.random.default_rng(seed)
+    # how often each seed is drawn in each replicate, shared by all tasks
+    if n_seeds > 1:
+        seed_w = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot) / n_seeds
+    else:
+        seed_w = np.ones((n_boot, 1))
+    tail = (1.0 - level) / 2.0
+    rows, reps = [], []
+    for task in _task_order(task_of):
+        grid = values[:, task_of == task]  # seeds × images
+        n_images = grid.shape[1]
+        # how often each image is drawn: the same images for every drawn seed (crossed)
+        image_w = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images),
+                                  size=n_boot) / n_images
+        rep = np.einsum("bs,si,bi->b", seed_w, grid, image_w)
+        lo, hi = np.quantile(rep, [tail, 1.0 - tail])
+        rows.append((task, float(grid.mean()), float(lo), float(hi), n_seeds, n_images))
+        reps.append(rep)
+    overall = np.mean(reps, axis=0)  # every task weighs the same
+    lo, hi = np.quantile(overall, [tail, 1.0 - tail])
+    rows.append((ALL_IN_ONE, float(np.mean([r[1] for r in rows])), float(lo), float(hi), n_seeds,
+                 int(sum(r[5] for r in rows))))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _finish(result: pd.DataFrame, dropped: int, n_boot: int) -> pd.DataFrame:
+    result["dropped"] = dropped
+    result["resampled"] = SEEDS_AND_IMAGES if (result["seeds"] > 1).any() else IMAGES_ONLY
+    result["n_boot"] = n_boot
+    return result
+
+
+def _task_means(values: np.ndarray, task_of: np.ndarray) -> dict[str, float]:
+    means = {task: float(values[:, task_of == task].mean()) for task in _task_order(task_of)}
+    means[ALL_IN_ONE] = float(np.mean(list(means.values())))
+    return means
+
+
+def paired_bootstrap(diffs: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0,
+                     level: float = LEVEL) -> pd.DataFrame:
+    """Mean paired difference and its percentile bootstrap interval, per task and all-in-one.
+
+    ``diffs``: columns ``seed``, ``task``, ``image`` (a key unique within the task, e.g.
+    dataset/image) and ``diff`` (a - b for the same seed and image). Returns one row per task (in
+    ``TASKS`` order) and one ``all-in-one`` row (the mean of the task means) with columns task,
+    difference, ci_low, ci_high, seeds, images, dropped, resampled, n_boot. Only complete
+    (seed, image) pairs are used: a seed is kept when it has images in every task, an image when
+    every kept seed has it; ``dropped`` counts the other rows (and rows with a NaN ``diff``).
+    Deterministic for a given ``seed``; resampling as in the module docstring.
+    """
+    nan_rows = int(diffs["diff"].isna().sum()) if "diff" in diffs else 0
+    data = diffs.dropna(subset=["diff"])
+    if data.empty:
+        return _finish(_bootstrap(np.empty((0, 0)), np.empty(0), n_boot, seed, level),
+                       nan_rows, n_boot)
+    wide = data.pivot_table(index="seed", columns=["task", "image"], values="diff",
+                            aggfunc="mean").sort_index()
+    values = wide.to_numpy(dtype=float)
+    task_of = wide.columns.get_level_values("task").to_numpy()
+    rows, cols, dropped = _complete(values, task_of)
+    result = _bootstrap(values[rows][:, cols], task_of[cols], n_boot, seed, level)
+    return _finish(result, dropped + nan_rows, n_boot)
+
+
+class _Points:
+    """Every point's values of one metric as a seeds × (task, image) array on shared columns."""
+
+    def __init__(self, metrics: pd.DataFrame, metric: str) -> None:
+        data = metrics.assign(image=metrics["dataset"].astype(str) + "/"
+                              + metrics["image"].astype(str))
+        wide = data.pivot_table(index=["strategy", "round", "seed"], columns=["task", "image"],
+                                values=metric, aggfunc="mean").sort_index()
+        self.task_of = wide.columns.get_level_values("task").to_numpy()
+        values = wide.to_numpy(dtype=float)
+        index = wide.index.to_frame(index=False)
+        self.points: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        for (strategy, rnd), at in index.groupby(["strategy", "round"]).indices.items():
+            self.points[(strategy, int(rnd))] = (index["seed"].to_numpy()[at], values[at])
+
+    def compare(self, a: tuple[str, int], b: tuple[str, int], margin: float, n_boot: int,
+                seed: int, level: float) -> pd.DataFrame:
+        if a not in self.points or b not in self.points:
+            return pd.DataFrame()
+        (seeds_a, left), (seeds_b, right) = self.points[a], self.points[b]
+        seeds, ia, ib = np.intersect1d(seeds_a, seeds_b, return_indices=True)
+        left, right = left[ia], right[ib]
+        both = ~np.isnan(left) & ~np.isnan(right)
+        unmatched = (int((~np.isnan(self.points[a][1])).sum())
+                     + int((~np.isnan(self.points[b][1])).sum()) - 2 * int(both.sum()))
+        rows, cols, dropped = _complete(left - right, self.task_of)
+        task_of = self.task_of[cols]
+        result = _bootstrap((left - right)[rows][:, cols], task_of, n_boot, seed, level)
+        if result.empty:
+            return result
+        result = _finish(result, dropped + unmatched, n_boot)
+        result.insert(1, "mean_a", result["task"].map(_task_means(left[rows][:, cols], task_of)))
+        result.insert(2, "mean_b", result["task"].map(_task_means(right[rows][:, cols], task_of)))
+        result["margin"] = margin
+        result["verdict"] = [verdict(lo, hi, margin)
+                             for lo, hi in zip(result["ci_low"], result["ci_high"])]
+        return result
+
+
+def compare(metrics: pd.DataFrame, a: tuple[str, int], b: tuple[str, int], metric: str = "psnr",
+            margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT, seed: int = 0,
+            level: float = LEVEL) -> pd.DataFrame:
+    """One comparison ``a - b`` of two points ``(strategy, round)`` of a long metrics table,
+    paired by (seed, task, dataset, image), per task and all-in-one: ``paired_bootstrap``'s
+    columns plus mean_a, mean_b (over the complete pairs; all-in-one: the mean of the task
+    means), margin and verdict. ``dropped`` counts the rows of either point without a partner
+    plus the pairs left out to make a full seeds × images grid."""
+    return _Points(metrics, metric).compare(a, b, margin, n_boot, seed, level)
+
+
+def comparisons(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB,
+                n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL, *,
+                trunk: str = TRUNK, dense: str = DENSE, order: Sequence[str] | None = None,
+                metric_names: Sequence[str] = ("psnr", "ssim"),
+                ssim_margin: float = EQUIVALENCE_MARGIN_SSIM) -> pd.DataFrame:
+    """Every comparison of the study, from the rows of a long ``metrics`` table.
+
+    - the ticket (``trunk`` at round r) against the dense network (``dense``, round 0), at every
+      trunk round r;
+    - at every round r where another strategy X ran (and the trunk did), ticket r against X r.
+
+    Rows are paired by (seed, task, dataset, image). ``order`` lists strategy names in display
+    order (``strategies.ordered()``; others follow by name). ``margin`` is the PSNR margin (dB),
+    ``ssim_margin`` the SSIM one. Columns: metric, round, remaining (the trunk's ``remaining_all``
+    at that round: a control with its own parameter count is labelled by the trunk's), a, b,
+    task, mean_a, mean_b, difference, ci_low, ci_high, margin, verdict, seeds, images, dropped,
+    resampled, n_boot, level. Every comparison uses the same bootstrap ``seed`` (deterministic).
+    """
+    columns = ["metric", "round", "remaining", "a", "b", "task", "mean_a", "mean_b",
+               "difference", "ci_low", "ci_high", "margin", "verdict", "seeds", "images",
+               "dropped", "resampled", "n_boot", "level"]
+    rank = {name: i for i, name in enumerate(order or ())}
+    remaining = metrics[metrics["strategy"] == trunk].groupby("round")["remaining_all"].mean()
+    pairs: list[tuple[int, str, int]] = []  # (trunk round, b strategy, b round)
+    if (metrics["strategy"] == dense).any():
+        pairs += [(int(r), dense, 0) for r in remaining.index]
+    others = metrics.loc[~metrics["strategy"].isin([trunk, dense]), ["strategy", "round"]]
+    others = others.drop_duplicates()
+    others = others[others["round"].isin(remaining.index)]
+    names = sorted(set(others["strategy"]), key=lambda s: (rank.get(s, len(rank)), s))
+    for name in names:
+        pairs += [(int(r), name, int(r))
+                  for r in sorted(others.loc[others["strategy"] == name, "round"])]
+    frames = []
+    for metric in metric_names:
+        if metric not in metrics or not pairs:
+            continue
+        points = _Points(metrics, metric)
+        m = margin if metric == "psnr" else ssim_margin
+        for rnd, b, b_round in pairs:
+            result = points.compare((trunk, rnd), (b, b_round), m, n_boot, seed, level)
+            if result.empty:
+                continue
+            frames.append(result.assign(metric=metric, round=rnd,
+                                        remaining=float(remaining[rnd]), a=trunk, b=b,
+                                        level=level))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]

@@ -1,0 +1,195 @@
+"""Paired bootstrap comparisons: known answers, the resampling design, verdict rules."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from mirl_lib import stats
+
+FIVE = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+
+
+def diffs(values: dict[tuple[int, str], list[float]]) -> pd.DataFrame:
+    """Long table from {(seed, task): [diff per image]}."""
+    return pd.DataFrame([{"seed": seed, "task": task, "image": f"i{i}", "diff": d}
+                         for (seed, task), ds in values.items() for i, d in enumerate(ds)])
+
+
+def row(result: pd.DataFrame, task: str = stats.ALL_IN_ONE) -> pd.Series:
+    return result.set_index("task").loc[task]
+
+
+def test_names_agree_with_the_modules_that_import_torch() -> None:
+    from mirl_lib import evaluate, strategies
+    assert stats.ALL_IN_ONE == evaluate.ALL_IN_ONE
+    assert stats.TRUNK == strategies.TRUNK and (stats.DENSE, 0) == strategies.DENSE
+
+
+def test_constant_difference_gives_a_point_interval() -> None:
+    data = diffs({(s, t): [0.3] * 4 for s in range(3) for t in FIVE})
+    result = stats.paired_bootstrap(data)
+    assert list(result["task"]) == [*FIVE, stats.ALL_IN_ONE]
+    for r in result.itertuples():
+        assert (r.difference, r.ci_low, r.ci_high) == pytest.approx((0.3, 0.3, 0.3), abs=1e-12)
+    overall = row(result)
+    assert overall.seeds == 3 and overall.images == 20 and overall.dropped == 0
+    assert overall.resampled == stats.SEEDS_AND_IMAGES
+
+
+def test_images_only_bootstrap_of_a_two_valued_vector_matches_known_answers() -> None:
+    # 40 images, half 0 and half 1: the bootstrap mean is Binomial(40, 1/2) / 40, so the 95%
+    # interval is about 0.5 +- 1.96 * 0.5 / sqrt(40) = [0.345, 0.655]
+    values = [0.0, 1.0] * 20
+    result = stats.paired_bootstrap(diffs({(0, "derain"): values}), n_boot=20000, seed=1)
+    r = row(result, "derain")
+    assert r.resampled == stats.IMAGES_ONLY and r.seeds == 1
+    assert r.difference == pytest.approx(0.5)
+    half = 1.96 * 0.5 / np.sqrt(40)
+    assert r.ci_low == pytest.approx(0.5 - half, abs=0.03)
+    assert r.ci_high == pytest.approx(0.5 + half, abs=0.03)
+    # and against scipy's percentile bootstrap (independent draws, so within Monte Carlo error)
+    ref = scipy_stats.bootstrap((np.array(values),), np.mean, n_resamples=20000,
+                                method="percentile", random_state=0).confidence_interval
+    assert (r.ci_low, r.ci_high) == pytest.approx((ref.low, ref.high), abs=0.03)
+    # a single task: the all-in-one row is that task
+    assert row(result)[["difference", "ci_low", "ci_high"]].tolist() == pytest.approx(
+        [r.difference, r.ci_low, r.ci_high])
+
+
+def test_seed_resampling_widens_the_interval_when_seeds_differ() -> None:
+    rng = np.random.default_rng(0)
+    images = {t: rng.normal(0, 0.2, 10) for t in FIVE}
+    same = diffs({(s, t): list(images[t]) for s in range(3) for t in FIVE})
+    apart = diffs({(s, t): list(images[t] + (s - 1) * 0.5) for s in range(3) for t in FIVE})
+    w_same = row(stats.paired_bootstrap(same))
+    w_apart = row(stats.paired_bootstrap(apart))
+    assert w_same.difference == pytest.approx(w_apart.difference)
+    assert (w_apart.ci_high - w_apart.ci_low) > 2 * (w_same.ci_high - w_same.ci_low)
+    assert w_apart.resampled == stats.SEEDS_AND_IMAGES
+
+
+def test_one_seed_resamples_images_only() -> None:
+    result = stats.paired_bootstrap(diffs({(7, t): [0.1, 0.2, 0.4] for t in FIVE}))
+    assert set(result["resampled"]) == {stats.IMAGES_ONLY} and set(result["seeds"]) == {1}
+
+
+def test_all_in_one_weighs_every_task_the_same() -> None:
+    data = diffs({(0, "derain"): [1.0] * 2, (0, "dehaze"): [0.0] * 10,
+                  (1, "derain"): [1.0] * 2, (1, "dehaze"): [0.0] * 10})
+    overall = row(stats.paired_bootstrap(data))
+    assert overall.difference == pytest.approx(0.5)  # not 2 / 12
+    assert (overall.ci_low, overall.ci_high) == pytest.approx((0.5, 0.5))
+    assert overall.images == 12
+
+
+def test_incomplete_pairs_are_dropped_and_counted() -> None:
+    data = diffs({(s, t): [0.1, 0.2, 0.3] for s in range(2) for t in ("derain", "dehaze")})
+    data = data.drop(data[(data.seed == 1) & (data.task == "derain") & (data.image == "i2")].index)
+    data.loc[(data.seed == 0) & (data.task == "dehaze") & (data.image == "i0"), "diff"] = np.nan
+    result = stats.paired_bootstrap(data).set_index("task")
+    # derain loses i2 for seed 0 too (1 row), dehaze loses i0 for seed 1 (1 row) + the NaN row
+    assert result.loc["derain", "images"] == 2 and result.loc["dehaze", "images"] == 2
+    assert set(result["dropped"]) == {3}
+    assert result.loc["derain", "difference"] == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (-0.1, 0.2, "matches"),
+    (-0.25, 0.25, "matches"),        # touching the margin counts as inside
+    (0.05, 0.25, "matches"),         # inside the margin wins over "better"
+    (0.1, 0.3, "better"),
+    (1e-9, 2.0, "better"),
+    (-0.6, -0.2, "worse"),
+    (-0.3, -1e-9, "worse"),
+    (-0.3, 0.1, "inconclusive"),
+    (0.0, 0.5, "inconclusive"),       # an interval touching 0 does not show a difference
+    (-0.5, 0.0, "inconclusive"),
+    (-0.2500001, 0.1, "inconclusive"),
+])
+def test_verdict_rules(lo: float, hi: float, expected: str) -> None:
+    assert stats.verdict(lo, hi, stats.EQUIVALENCE_MARGIN_DB) == expected
+
+
+def test_verdict_margin_is_configurable() -> None:
+    assert stats.verdict(-0.4, 0.4, 0.5) == "matches"
+    assert stats.verdict(-0.4, 0.4, 0.25) == "inconclusive"
+
+
+def test_deterministic_for_a_seed_and_fast() -> None:
+    rng = np.random.default_rng(3)
+    data = diffs({(s, t): list(rng.normal(0, 1, 15)) for s in range(3) for t in FIVE})
+    start = time.perf_counter()
+    first = stats.paired_bootstrap(data, n_boot=2000, seed=5)
+    elapsed = time.perf_counter() - start
+    pd.testing.assert_frame_equal(first, stats.paired_bootstrap(data, n_boot=2000, seed=5))
+    assert not first.equals(stats.paired_bootstrap(data, n_boot=2000, seed=6))
+    assert elapsed < 1.0
+
+
+def metrics_table(seeds=(0, 1), images=("a", "b", "c")) -> pd.DataFrame:
+    """dense 25 dB; ticket round 1 +0.0, round 2 -1.0 (+ image noise); control 'ctl' at round 2
+    2 dB below the ticket with its own (slightly different) remaining_all."""
+    rng = np.random.default_rng(0)
+    points = (("dense", 0, 1.0, 25.0), ("rewind", 1, 0.8, 25.0), ("rewind", 2, 0.64, 24.0),
+              ("ctl", 2, 0.65, 22.0))
+    rows = []
+    for seed in seeds:
+        for strategy, rnd, rem, base in points:
+            for task in ("derain", "dehaze"):
+                for k, image in enumerate(images):
+                    noise = 0.01 * rng.normal()
+                    rows.append({"seed": seed, "strategy": strategy, "round": rnd,
+                                 "remaining_all": rem, "remaining_prunable": rem, "task": task,
+                                 "dataset": "d", "image": image, "psnr": base + 0.1 * k + noise,
+                                 "ssim": 0.8, "input_psnr": 20.0, "input_ssim": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_comparisons_cover_dense_at_every_round_and_others_where_they_ran() -> None:
+    table = stats.comparisons(metrics_table(), n_boot=500)
+    psnr = table[(table["metric"] == "psnr") & (table["task"] == stats.ALL_IN_ONE)]
+    got = [(r.round, r.a, r.b) for r in psnr.itertuples()]
+    assert got == [(1, "rewind", "dense"), (2, "rewind", "dense"), (2, "rewind", "ctl")]
+    by = psnr.set_index(["round", "b"])
+    assert by.loc[(1, "dense"), "verdict"] == "matches"
+    assert by.loc[(2, "dense"), "verdict"] == "worse"
+    assert by.loc[(2, "ctl"), "verdict"] == "better"
+    assert by.loc[(2, "ctl"), "difference"] == pytest.approx(2.0, abs=0.05)
+    assert by.loc[(2, "ctl"), "remaining"] == pytest.approx(0.64)  # the trunk's, not the control's
+    assert by.loc[(2, "dense"), "mean_a"] - by.loc[(2, "dense"), "mean_b"] == pytest.approx(
+        by.loc[(2, "dense"), "difference"])
+    assert set(psnr["seeds"]) == {2} and set(psnr["images"]) == {6}
+    assert set(table["metric"]) == {"psnr", "ssim"}
+    ssim = table[table["metric"] == "ssim"]
+    assert set(ssim["verdict"]) == {"matches"} and set(ssim["margin"]) == {
+        stats.EQUIVALENCE_MARGIN_SSIM}
+
+
+def test_comparisons_pair_by_seed_and_image_and_count_the_unpaired() -> None:
+    data = metrics_table()
+    data = data.drop(data[(data.strategy == "ctl") & (data.seed == 1) & (data.image == "c")
+                          & (data.task == "derain")].index)
+    table = stats.comparisons(data, n_boot=200, metric_names=("psnr",))
+    ctl = table[(table["b"] == "ctl")].set_index("task")
+    # the ticket's row without a partner, plus the pair of the other seed on that image (so
+    # that every seed is scored on the same images)
+    assert ctl.loc["derain", "images"] == 2 and ctl.loc["dehaze", "images"] == 3
+    assert set(ctl["dropped"]) == {2}
+
+
+def test_comparisons_of_an_empty_table() -> None:
+    table = stats.comparisons(metrics_table().iloc[:0])
+    assert table.empty and "verdict" in table.columns
+
+
+def test_a_task_neither_point_has_does_not_void_the_comparison() -> None:
+    data = metrics_table()
+    data = data[~((data["strategy"] == "ctl") & (data["task"] == "derain"))]
+    table = stats.comparisons(data, n_boot=200, metric_names=("psnr",))
+    ctl = table[table["b"] == "ctl"]
+    assert list(ctl["task"]) == ["dehaze", stats.ALL_IN_ONE]
+    assert set(ctl["dropped"]) == {6}  # the ticket's derain rows, without a partner
