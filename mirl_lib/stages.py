@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                             "(sets train.gpus; default: the params file's, one process)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops like Ctrl-C
+    # a runner started in the background (`nohup ./run_all.sh &`) inherits an ignored SIGINT;
+    # restore Ctrl-C / kill -INT so it still stops the study the documented way
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == "list":
             study = open_study(args.params, args.results)
