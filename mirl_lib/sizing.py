@@ -57,6 +57,7 @@ def count_params(cfg: ModelConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.lru_cache(maxsize=256)  # a study asks for the same widths at every point
 def narrowed(cfg: ModelConfig, target: int, tolerance: float = 0.05) -> ModelConfig:
     """A PromptIR as deep as ``cfg`` but narrower, with ``count_params`` within ``tolerance`` of
     ``target`` (relative) and as close to it as the search allows.

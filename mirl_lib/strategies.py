@@ -304,12 +304,9 @@ class Rewind(_Chain):
         return StageSpec(f"round_{rnd:02d}", "02_prune_round.ipynb", (("round", rnd),))
 
 
-@register
-class LateRewindChain(_Chain):
-    name, label, order, role, placement = ("late_rewind_chain", "late rewind (own chain)", 8,
-                                           "ablation", "chain")
-    description = ("an iterative chain of its own, rewinding to the dense weights after "
-                   "prune.late_rewind_step steps; the learning-rate schedule resumes from that step")
+class _FromLateRewind(Strategy):
+    """Starts from the dense weights after ``prune.late_rewind_step`` steps, the schedule resumed
+    there (both late-rewind strategies)."""
 
     def start(self, ctx: PointContext, rnd: int) -> Start:
         step = ctx.cfg.prune.late_rewind_step
@@ -317,6 +314,14 @@ class LateRewindChain(_Chain):
 
     def reads_dense_steps(self, cfg: Config) -> tuple[int, ...]:
         return (cfg.prune.late_rewind_step,)
+
+
+@register
+class LateRewindChain(_FromLateRewind, _Chain):
+    name, label, order, role, placement = ("late_rewind_chain", "late rewind (own chain)", 8,
+                                           "ablation", "chain")
+    description = ("an iterative chain of its own, rewinding to the dense weights after "
+                   "prune.late_rewind_step steps; the learning-rate schedule resumes from that step")
 
 
 @register
@@ -339,7 +344,7 @@ class _OnTicketMask(Strategy):
 
 
 @register
-class LateRewind(_OnTicketMask):
+class LateRewind(_FromLateRewind, _OnTicketMask):
     name, label, order, role = "late_rewind", "late rewind", 2, "ablation"
     description = ("the ticket's mask, rewound to the dense weights after prune.late_rewind_step "
                    "steps instead of initialization; the learning-rate schedule resumes there")
@@ -347,12 +352,6 @@ class LateRewind(_OnTicketMask):
     def requires(self, rnd: int) -> tuple[Point, ...]:
         return (DENSE, (TRUNK, rnd))
 
-    def start(self, ctx: PointContext, rnd: int) -> Start:
-        step = ctx.cfg.prune.late_rewind_step
-        return Start(ctx.snapshot(step), step, {"init_seed": ctx.seed, "rewind_step": step})
-
-    def reads_dense_steps(self, cfg: Config) -> tuple[int, ...]:
-        return (cfg.prune.late_rewind_step,)
 
 
 @register
