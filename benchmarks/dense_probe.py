@@ -40,12 +40,15 @@ OUT = REPO / "results" / "benchmarks" / "dense_probe.csv"
 
 
 def probe(params: Path, patch: int, batch: int, lr: float, steps: int, at: list[int],
-          seed: int, threads: int, work: Path) -> pd.DataFrame:
+          seed: int, threads: int, work: Path, ssim_weight: float = 0.0,
+          channels_last: bool = False) -> pd.DataFrame:
     torch.set_num_threads(threads)
     cfg = load_config(params, {"data": {"patch_size": patch},
                                "train": {"batch_size": batch, "lr": lr, "steps": steps,
                                          "warmup_steps": 30, "checkpoint_every": 10 ** 9,
-                                         "log_every": 50, "threads": threads}})
+                                         "log_every": 50, "threads": threads,
+                                         "ssim_weight": ssim_weight,
+                                         "cpu_channels_last": channels_last}})
     model = build_model(cfg.model, seed=seed)
     started = time.time()
     train(model, cfg.train, build_train_source(cfg.data, seed), work, seed=seed,
@@ -65,7 +68,8 @@ def probe(params: Path, patch: int, batch: int, lr: float, steps: int, at: list[
                              "task": r.task, "input_psnr": r.input_psnr, "psnr": r.psnr,
                              "gain_db": r.psnr - r.input_psnr, "input_ssim": r.input_ssim,
                              "ssim": r.ssim, "ssim_change": r.ssim - r.input_ssim,
-                             "train_seconds": seconds, "threads": threads})
+                             "train_seconds": seconds, "threads": threads,
+                             "ssim_weight": ssim_weight, "cpu_channels_last": channels_last})
     return pd.DataFrame(rows)
 
 
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at", type=str, default="", help="snapshot steps, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ssim-weight", type=float, default=0.0,
+                        help="train.ssim_weight: loss = L1 + w * (1 - SSIM)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train.cpu_channels_last: channels-last layout on the CPU")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     at = sorted({int(s) for s in args.at.split(",") if s.strip()} - {args.steps})
@@ -86,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--at: every snapshot step must lie in 1..{args.steps - 1}")
     with tempfile.TemporaryDirectory(prefix="mirl-probe-") as work:
         table = probe(args.params, args.patch, args.batch, args.lr, args.steps, at, args.seed,
-                      args.threads, Path(work))
+                      args.threads, Path(work), args.ssim_weight, args.channels_last)
     if args.out.exists():
-        table = pd.concat([pd.read_csv(args.out), table], ignore_index=True)
+        earlier = pd.read_csv(args.out)
+        for column, value in (("ssim_weight", 0.0), ("cpu_channels_last", False)):
+            if column not in earlier:  # rows from before the option existed ran without it
+                earlier[column] = value
+        table = pd.concat([earlier, table], ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(table.to_csv(index=False), args.out)
-    view = table[table["steps"] == args.steps].tail(len(at + [0]) * 12)
+    view = table.tail(len(at + [0]) * 12)
     print(view.pivot_table(index=["set", "task"], columns="at_step",
                            values=["gain_db", "ssim_change"]).round(2).to_string())
     return 0

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mirl_lib.benchrows import merge_rows  # noqa: E402
 from mirl_lib.config import PRESETS, TrainConfig, load_config  # noqa: E402
 from mirl_lib.device import device_name  # noqa: E402
 from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
@@ -184,21 +185,7 @@ def group_rows(times: dict[str, list[float]], facts: dict[str, object]) -> list[
 
 def merge(new: pd.DataFrame, path: Path) -> pd.DataFrame:
     """The rows of ``path`` of other devices, then ``new`` (rows of ``new``'s devices replaced)."""
-    if not path.is_file():
-        return new
-    try:
-        old = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise MirlError(f"{path}: cannot read the existing results ({exc}); move it away or "
-                        f"pass another --out") from None
-    if "device" not in old.columns:
-        raise MirlError(f"{path}: not a train_step CSV (no 'device' column); move it away or "
-                        f"pass another --out")
-    kept = old.loc[~old["device"].astype(str).isin(set(new["device"].astype(str)))]
-    kept = kept.reindex(columns=list(COLUMNS))
-    if kept.empty:
-        return new
-    return pd.concat([kept, new], ignore_index=True) if not new.empty else kept
+    return merge_rows(new, path, ("device",), COLUMNS, "train_step")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:

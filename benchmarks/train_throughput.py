@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mirl_lib.benchrows import merge_rows  # noqa: E402
 from mirl_lib.config import PRESETS  # noqa: E402
 from mirl_lib.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
@@ -331,23 +332,7 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
 def merge(new: pd.DataFrame, path: Path) -> pd.DataFrame:
     """``new`` after the rows of ``path`` that do not share a ``RUN_KEY`` with it (other devices,
     presets, batches, patches, thread counts or options)."""
-    if not path.is_file():
-        return new
-    try:
-        old = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise MirlError(f"{path}: cannot read the existing results ({_line(exc)}); move it away "
-                        f"or pass another --out") from None
-    missing = [c for c in RUN_KEY if c not in old.columns]
-    if missing:
-        raise MirlError(f"{path}: not a train_throughput CSV (no column(s) {missing}); move it "
-                        f"away or pass another --out")
-    keys = set(new[list(RUN_KEY)].astype(str).itertuples(index=False, name=None))
-    same = old[list(RUN_KEY)].astype(str).apply(tuple, axis=1).isin(keys)
-    kept = old.loc[~same].reindex(columns=list(COLUMNS))
-    if kept.empty or new.empty:
-        return new if kept.empty else kept
-    return pd.concat([kept, new], ignore_index=True)
+    return merge_rows(new, path, RUN_KEY, COLUMNS, "train_throughput")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -88,7 +88,9 @@ class ModelConfig(_Section):
         _require(len(self.heads) == 4, "model.heads", "needs 4 entries (levels 1-4)")
         _require(len(self.prompt_dims) == 3, "model.prompt_dims", "needs 3 entries")
         _require(len(self.prompt_sizes) == 3, "model.prompt_sizes", "needs 3 entries")
-        _require(self.dim > 0, "model.dim", "must be positive")
+        _require(self.dim > 0 and self.dim % 2 == 0, "model.dim",
+                 f"must be a positive even number, got {self.dim} (each downsampling halves the "
+                 f"channels before a 2x2 pixel unshuffle, so an odd width does not add up)")
         _require(self.layernorm_type in ("WithBias", "BiasFree"), "model.layernorm_type",
                  "must be 'WithBias' or 'BiasFree'")
         for level, (width, heads) in enumerate(zip((1, 2, 4, 8), self.heads), start=1):
@@ -185,11 +187,18 @@ class TrainConfig(_Section):
     ``gpus`` > 1 trains every point under ``torchrun --nproc_per_node=gpus`` (DDP, one process per
     GPU, the global ``batch_size`` split over them; on ``device: cpu`` the processes use gloo);
     0 or 1 trains in the calling process.
+
+    ``ssim_weight``: the loss is ``L1 + ssim_weight * (1 - SSIM)`` (``mirl_lib.train.
+    restoration_loss``; SSIM as the evaluation computes it); 0, the default, is the published L1.
+    ``bf16`` and ``channels_last`` apply on CUDA; ``cpu_channels_last`` lays weights and batches
+    out channels-last on the CPU too (faster there, see ``results/benchmarks/train_step.csv``,
+    and float results differ slightly from the contiguous layout, so it is part of the identity).
     """
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
                                           "gpus")
-    LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs")
+    LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs", "ssim_weight",
+                                        "cpu_channels_last")
 
     steps: int = 1000
     batch_size: int = 8
@@ -208,9 +217,12 @@ class TrainConfig(_Section):
     gpus: int = 0
     epochs: int = 0
     warmup_epochs: int = 0
+    ssim_weight: float = 0.0
+    cpu_channels_last: bool = False
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "train.batch_size", "must be positive")
+        _require(self.ssim_weight >= 0, "train.ssim_weight", "must be >= 0 (0 = L1 loss only)")
         _require(self.lr > 0, "train.lr", "must be positive")
         if self.epochs == 0:
             _require(self.warmup_epochs == 0, "train.warmup_epochs",

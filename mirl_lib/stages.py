@@ -457,7 +457,9 @@ def config_notes(cfg: Config) -> str:
                 else f"{t.steps} steps (warmup {t.warmup_steps})")
     return (f"Preset `{m.preset}` (dim {m.dim}, blocks {list(m.num_blocks)}), data "
             f"`{cfg.data.source}` patch {cfg.data.patch_size}, {duration} of batch "
-            f"{t.batch_size} per round (lr {t.lr:g}), {p.rounds} rounds of {p.rate:.0%} "
+            f"{t.batch_size} per round (lr {t.lr:g}, loss "
+            f"{f'L1 + {t.ssim_weight:g} (1 - SSIM)' if t.ssim_weight else 'L1'}), "
+            f"{p.rounds} rounds of {p.rate:.0%} "
             f"{p.method} pruning ({p.scope} scope), seeds {list(cfg.study.seeds)}, config hash "
             f"`{cfg.hash()}`.")
 

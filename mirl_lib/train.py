@@ -221,6 +221,43 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
             dist.destroy_process_group()
 
 
+# SSIM constants of ``skimage.metrics.structural_similarity`` (data range 1, 7x7 uniform window,
+# sample covariances), so the loss's SSIM is the one ``mirl_lib.protocol.ssim`` reports.
+SSIM_WINDOW, SSIM_K1, SSIM_K2 = 7, 0.01, 0.03
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Differentiable SSIM of (B, C, H, W) images in [0, 1], per channel and window position.
+
+    Local means, variances and the covariance over a ``SSIM_WINDOW`` x ``SSIM_WINDOW`` uniform
+    window (valid positions only) with the sample-covariance correction, ``C1 = (K1)^2``,
+    ``C2 = (K2)^2``: the formula of ``skimage.metrics.structural_similarity`` with its defaults.
+    """
+    w = SSIM_WINDOW
+    n = w * w
+    cov = n / (n - 1)
+    mx, my = F.avg_pool2d(x, w, 1), F.avg_pool2d(y, w, 1)
+    vx = cov * (F.avg_pool2d(x * x, w, 1) - mx * mx)
+    vy = cov * (F.avg_pool2d(y * y, w, 1) - my * my)
+    vxy = cov * (F.avg_pool2d(x * y, w, 1) - mx * my)
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    return ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def restoration_loss(restored: torch.Tensor, clean: torch.Tensor, ssim_weight: float = 0.0
+                     ) -> torch.Tensor:
+    """``L1 + ssim_weight * (1 - SSIM)``; ``ssim_weight = 0`` is the published L1 loss.
+
+    The SSIM term is computed on the output clipped to [0, 1] (as it is scored), with gradients
+    through the clip where the output lies inside it.
+    """
+    loss = F.l1_loss(restored, clean)
+    if ssim_weight > 0:  # contiguous: the 3-channel pooling is slow in channels-last layout
+        ssim = ssim_map(restored.clamp(0.0, 1.0).contiguous(), clean.contiguous())
+        loss = loss + ssim_weight * (1.0 - ssim.mean())
+    return loss
+
+
 def _set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
     """Lay out the 4-D (convolution) weights in ``memory_format``; ``Module.to`` cannot, since the
     prompt parameters are 5-D."""
@@ -235,7 +272,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
          ) -> TrainResult:
     device = _train_device(cfg.device, ctx)
     cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    channels_last = cfg.channels_last if cuda else cfg.cpu_channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device).train()
     _set_memory_format(model, memory_format)
     enforcer = None
@@ -293,7 +331,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
             clean = clean.to(device, memory_format=memory_format, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
                 restored = net(degraded)
-            loss = F.l1_loss(restored.float(), clean)
+            loss = restoration_loss(restored.float(), clean, cfg.ssim_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -13,7 +13,7 @@ from mirl_lib.errors import ConfigError
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml", "full.yaml", "paper.yaml"])
 def test_shipped_params_load(name: str) -> None:
     cfg = load_config(PARAMS / name)
     assert isinstance(cfg, Config)
@@ -58,6 +58,8 @@ def test_paper_params_are_the_published_setting() -> None:
     ("data:\n  derain_train: []\n", "data.derain_train: lists no dataset, but data.tasks has"),
     ("data:\n  dehaze_test: [SOTS, SOTS]\n", "data.dehaze_test: lists a dataset twice"),
     ("data:\n  workers: -1\n", "data.workers: must be >= 0"),
+    ("model:\n  preset: cpu\n  dim: 15\n", "model.dim: must be a positive even number, got 15"),
+    ("train:\n  ssim_weight: -0.5\n", "train.ssim_weight: must be >= 0"),
 ])
 def test_bad_keys_and_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "bad.yaml"

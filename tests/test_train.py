@@ -145,3 +145,44 @@ def test_mask_keeps_pruned_weights_zero(tmp_path: Path) -> None:
     for name, keep in mask.items():
         assert torch.count_nonzero(params[name].detach()[~keep]) == 0, name
     assert math.isfinite(float(params["output.weight"].detach().abs().sum()))
+
+
+def test_ssim_term_is_skimage_ssim() -> None:
+    """The loss's SSIM equals the reported metric (skimage, 7x7 window) on the same images."""
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    from mirl_lib.train import restoration_loss, ssim_map
+
+    rng = np.random.default_rng(0)
+    clean = rng.random((40, 52, 3))
+    noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1)
+    expected = structural_similarity(clean, noisy, data_range=1.0, channel_axis=-1)
+    as_batch = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None]  # noqa: E731
+    assert ssim_map(as_batch(noisy), as_batch(clean)).mean().item() == pytest.approx(expected,
+                                                                                     abs=1e-9)
+    l1 = float(np.abs(noisy - clean).mean())
+    assert restoration_loss(as_batch(noisy), as_batch(clean)).item() == pytest.approx(l1)
+    assert restoration_loss(as_batch(noisy), as_batch(clean), 0.5).item() == pytest.approx(
+        l1 + 0.5 * (1 - expected))
+
+
+def test_ssim_weight_and_cpu_layout_change_training_but_not_old_hashes(tmp_path: Path) -> None:
+    """Both options train (and differ from the L1 / contiguous run); at their defaults they leave
+    the identity of every earlier run unchanged."""
+
+    assert "ssim_weight" not in CFG.identity() and "cpu_channels_last" not in CFG.identity()
+    assert dataclasses.replace(CFG, ssim_weight=0.5).identity()["ssim_weight"] == 0.5
+    with pytest.raises(ConfigError, match="train.ssim_weight"):
+        dataclasses.replace(CFG, ssim_weight=-1.0)
+    short = dataclasses.replace(CFG, steps=3, checkpoint_every=3)
+    base, _ = run(tmp_path / "l1", cfg=short)
+    for name, cfg in (("ssim", dataclasses.replace(short, ssim_weight=0.5)),
+                      ("layout", dataclasses.replace(short, cpu_channels_last=True))):
+        model, result = run(tmp_path / name, cfg=cfg)
+        assert result.final_step == 3
+        state = model.state_dict()
+        assert all(torch.isfinite(v).all() for v in state.values()), name
+        assert all(v.is_contiguous() for v in state.values()), name  # layout restored after
+        if name == "ssim":
+            assert not all(torch.equal(state[k], base.state_dict()[k]) for k in state)

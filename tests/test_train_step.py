@@ -1,8 +1,6 @@
 """``benchmarks/train_step.py``: its CSV columns, every option, ``chosen``, the per-device merge."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +10,7 @@ import pytest
 import torch
 
 from mirl_lib.device import device_name
+from script_loader import loaded_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_step.py"
@@ -19,12 +18,8 @@ SCRIPT = ROOT / "benchmarks" / "train_step.py"
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("train_step_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with loaded_script(SCRIPT, "train_step_bench") as module:
+        yield module
 
 
 def quick(out: Path, *extra: str) -> list[str]:

@@ -1,7 +1,6 @@
 """``benchmarks/train_throughput.py``: its rows, its CSV merge, failing options, its imports."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from mirl_lib.device import device_name
+from script_loader import loaded_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
@@ -22,12 +22,8 @@ SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with loaded_script(SCRIPT, "train_throughput") as module:
+        yield module
 
 
 @pytest.fixture()

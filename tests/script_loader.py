@@ -1,0 +1,25 @@
+"""Loading a script of ``benchmarks/`` (not a package) as a module, for the tests that call it."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def loaded_script(path: Path, name: str) -> Iterator[ModuleType]:
+    """``path`` executed as module ``name``, registered in ``sys.modules`` while in use (its
+    dataclasses look their module up there) and removed afterwards."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
