@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mirl_lib.benchrows import merge_rows  # noqa: E402
+from mirl_lib.benchrows import merge_rows, one_line  # noqa: E402
 from mirl_lib.config import PRESETS  # noqa: E402
 from mirl_lib.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
@@ -181,7 +181,8 @@ def make_optimizer(model: PromptIR, option: Option, device: torch.device
         return optimizer, "AdamW(fused=True)"
     except (RuntimeError, ValueError, TypeError) as exc:
         optimizer = AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=True)
-        return optimizer, f"AdamW(foreach=True): fused unsupported on {device.type} ({_line(exc)})"
+        return optimizer, (f"AdamW(foreach=True): fused unsupported on {device.type} "
+                           f"({one_line(exc)})")
 
 
 def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
@@ -200,13 +201,6 @@ def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
         return loss.detach()
 
     return step
-
-
-def _line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (compiler errors run over many lines)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _sync(device: torch.device) -> None:
@@ -318,7 +312,7 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
                    "note": got.note}
         except Exception as exc:  # noqa: BLE001 - a failing option is a result, not a crash
             row = {"option": option.name, "step_ms": float("nan"), "images_per_s": float("nan"),
-                   "peak_mem_mb": float("nan"), "mem_kind": "", "note": f"failed: {_line(exc)}"}
+                   "peak_mem_mb": float("nan"), "mem_kind": "", "note": f"failed: {one_line(exc)}"}
         finally:
             _release(option, device)
         rows.append({**facts, **row})

@@ -17,8 +17,10 @@ import pandas as pd
 from mirl_lib.errors import MirlError
 
 
-def _line(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (compiler errors run over many lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -30,7 +32,7 @@ def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str], columns: Seque
     try:
         old = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise MirlError(f"{path}: cannot read the existing results ({_line(exc)}); move it away "
+        raise MirlError(f"{path}: cannot read the existing results ({one_line(exc)}); move it away "
                         f"or pass another --out") from None
     missing = [c for c in key if c not in old.columns]
     if missing:

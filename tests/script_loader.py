@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
 
 
 @contextmanager
@@ -23,3 +23,14 @@ def loaded_script(path: Path, name: str) -> Iterator[ModuleType]:
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+def script_fixture(path: Path, name: str):
+    """A module-scoped pytest fixture that yields ``loaded_script(path, name)``."""
+
+    @pytest.fixture(scope="module")
+    def fixture() -> Iterator[ModuleType]:
+        with loaded_script(path, name) as module:
+            yield module
+
+    return fixture

@@ -1,7 +1,6 @@
 """``benchmarks/train_step.py``: its CSV columns, every option, ``chosen``, the per-device merge."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -10,16 +9,11 @@ import pytest
 import torch
 
 from mirl_lib.device import device_name
-from script_loader import loaded_script
+from script_loader import script_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_step.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> Iterator[ModuleType]:
-    with loaded_script(SCRIPT, "train_step_bench") as module:
-        yield module
+bench = script_fixture(SCRIPT, "train_step_bench")
 
 
 def quick(out: Path, *extra: str) -> list[str]:

@@ -14,16 +14,11 @@ import pytest
 import torch
 
 from mirl_lib.device import device_name
-from script_loader import loaded_script
+from script_loader import script_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> Iterator[ModuleType]:
-    with loaded_script(SCRIPT, "train_throughput") as module:
-        yield module
+bench = script_fixture(SCRIPT, "train_throughput")
 
 
 @pytest.fixture()
