@@ -9,6 +9,8 @@ degraded input, which is what the full tier's bars are about (>= +3 dB and risin
 task of the test photos; beating the input on every held-out task)::
 
     python benchmarks/dense_probe.py --patch 48 --batch 8 --lr 2e-3 --steps 600 --at 300
+    python benchmarks/dense_probe.py --params params/full.yaml --steps 400 --psnr-weight 0.01 \
+        --channels-last --out /tmp/probe.csv     # one file per probe when several run at once
 
 Snapshots in the middle of a run are taken at that point of *its* cosine schedule (learning rate
 not yet decayed), so they are not the same as a shorter run.
@@ -41,14 +43,19 @@ OUT = REPO / "results" / "benchmarks" / "dense_probe.csv"
 
 def probe(params: Path, patch: int, batch: int, lr: float, steps: int, at: list[int],
           seed: int, threads: int, work: Path, ssim_weight: float = 0.0,
-          channels_last: bool = False) -> pd.DataFrame:
+          channels_last: bool = False, psnr_weight: float = 0.0,
+          bundled_train: str = "classic", task_weights: tuple[int, ...] = (),
+          device: str = "cpu") -> pd.DataFrame:
     torch.set_num_threads(threads)
-    cfg = load_config(params, {"data": {"patch_size": patch},
+    cfg = load_config(params, {"data": {"patch_size": patch, "bundled_train": bundled_train,
+                                        "task_weights": list(task_weights)},
                                "train": {"batch_size": batch, "lr": lr, "steps": steps,
                                          "warmup_steps": 30, "checkpoint_every": 10 ** 9,
                                          "log_every": 50, "threads": threads,
+                                         "device": device, "bf16": False,
                                          "ssim_weight": ssim_weight,
-                                         "cpu_channels_last": channels_last}})
+                                         "cpu_channels_last": channels_last,
+                                         "psnr_weight": psnr_weight}})
     model = build_model(cfg.model, seed=seed)
     started = time.time()
     train(model, cfg.train, build_train_source(cfg.data, seed), work, seed=seed,
@@ -69,7 +76,10 @@ def probe(params: Path, patch: int, batch: int, lr: float, steps: int, at: list[
                              "gain_db": r.psnr - r.input_psnr, "input_ssim": r.input_ssim,
                              "ssim": r.ssim, "ssim_change": r.ssim - r.input_ssim,
                              "train_seconds": seconds, "threads": threads,
-                             "ssim_weight": ssim_weight, "cpu_channels_last": channels_last})
+                             "ssim_weight": ssim_weight, "cpu_channels_last": channels_last,
+                             "psnr_weight": psnr_weight, "bundled_train": bundled_train,
+                             "task_weights": "-".join(map(str, task_weights)),
+                             "device": device})
     return pd.DataFrame(rows)
 
 
@@ -87,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="train.ssim_weight: loss = L1 + w * (1 - SSIM)")
     parser.add_argument("--channels-last", action="store_true",
                         help="train.cpu_channels_last: channels-last layout on the CPU")
+    parser.add_argument("--psnr-weight", type=float, default=0.0,
+                        help="train.psnr_weight: adds w * (-PSNR of each image) to the loss")
+    parser.add_argument("--bundled-train", default="classic",
+                        help="data.bundled_train: which bundled photos train (classic, natural)")
+    parser.add_argument("--task-weights", default="",
+                        help="data.task_weights, comma-separated (one per task; empty: equal)")
+    parser.add_argument("--device", default="cpu", help="train.device (cuda trains in fp32)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     at = sorted({int(s) for s in args.at.split(",") if s.strip()} - {args.steps})
@@ -94,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--at: every snapshot step must lie in 1..{args.steps - 1}")
     with tempfile.TemporaryDirectory(prefix="mirl-probe-") as work:
         table = probe(args.params, args.patch, args.batch, args.lr, args.steps, at, args.seed,
-                      args.threads, Path(work), args.ssim_weight, args.channels_last)
+                      args.threads, Path(work), args.ssim_weight, args.channels_last, args.psnr_weight,
+                      args.bundled_train,
+                      tuple(int(w) for w in args.task_weights.split(",") if w.strip()),
+                      args.device)
     if args.out.exists():
         earlier = pd.read_csv(args.out)
-        for column, value in (("ssim_weight", 0.0), ("cpu_channels_last", False)):
+        for column, value in (("ssim_weight", 0.0), ("cpu_channels_last", False),
+                              ("psnr_weight", 0.0), ("bundled_train", "classic"),
+                              ("task_weights", ""), ("device", "cpu")):
             if column not in earlier:  # rows from before the option existed ran without it
                 earlier[column] = value
         table = pd.concat([earlier, table], ignore_index=True)

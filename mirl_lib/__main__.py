@@ -13,6 +13,11 @@ the checkpoint on the test sets of a params file with the study's protocol
 replacing it) and prints the paper's table. The output folder and the tiling are checked before
 the checkpoint is read.
 
+``python -m mirl_lib reproduce RERUN REFERENCE [-o reproduction.csv]``: does a rerun (its
+``metrics.csv``, e.g. from another machine or thread count) reproduce a reference run (e.g. the
+committed one) within noise? Prints ``report.reproduction``'s verdict line and writes its table.
+Exit code 0 either way; 2 when a file is missing or the two runs share no comparison.
+
 Errors (out of memory and a full disk included) print one ``error:`` line, exit code 2; Ctrl-C
 prints one line saying how to continue, exit code 130.
 """
@@ -81,7 +86,42 @@ def _parser() -> argparse.ArgumentParser:
         "headline", help="print a finished run's answer (the README's headline) from its verdicts")
     headline.add_argument("run", type=Path, help="run folder holding metrics.csv, e.g. "
                                                  "results/default")
+    reproduce = commands.add_parser(
+        "reproduce", help="compare a rerun's metrics.csv with a reference run's, within noise")
+    reproduce.add_argument("rerun", type=Path, help="the rerun's metrics.csv")
+    reproduce.add_argument("reference", type=Path, help="the reference (committed) metrics.csv")
+    reproduce.add_argument("-o", "--output", type=Path, default=None,
+                           help="write the comparison table here (atomically)")
     return parser
+
+
+def reproduce_command(args: argparse.Namespace) -> None:
+    """Print ``report.reproduction``'s line for two metrics files; write its table to ``-o``."""
+    import pandas as pd
+
+    from mirl_lib.fileio import atomic_write_text
+    from mirl_lib.report import reproduction
+
+    tables = []
+    for path in (args.rerun, args.reference):
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (a run's metrics.csv)")
+        tables.append(pd.read_csv(path))
+    if args.output is not None and args.output.parent and not args.output.parent.is_dir():
+        raise DataError(f"{args.output.parent}: no such folder for --output")
+    hashes = [sorted(set(t["config_hash"].astype(str))) if "config_hash" in t else []
+              for t in tables]
+    if hashes[0] != hashes[1]:
+        raise DataError(f"{args.rerun}: config hash {', '.join(hashes[0]) or 'none'} differs from "
+                        f"{args.reference}'s {', '.join(hashes[1]) or 'none'}: not a rerun of the "
+                        f"same study")
+    table, line = reproduction(*tables)
+    comp = table[table["kind"] == "comparison"]
+    if not (comp["reference_difference"].notna() & comp["rerun_difference"].notna()).any():
+        raise DataError(f"{args.rerun} and {args.reference} share no comparison")
+    if args.output is not None:
+        atomic_write_text(table.to_csv(index=False), args.output)
+    print(line)
 
 
 def headline_command(args: argparse.Namespace) -> None:
@@ -309,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_command(args, progress)
         elif args.command == "headline":
             headline_command(args)
+        elif args.command == "reproduce":
+            reproduce_command(args)
         else:
             restore_command(args, progress)
     except KeyboardInterrupt:

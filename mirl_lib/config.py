@@ -25,6 +25,8 @@ TASKS: tuple[str, ...] = ("denoise_15", "denoise_25", "denoise_50", "derain", "d
 # Task families: the three noise levels share their clean images (and dataset folders).
 TASK_FAMILIES: tuple[str, ...] = ("denoise", "derain", "dehaze")
 SAMPLINGS: tuple[str, ...] = ("balanced", "published")
+# The bundled source's training photo sets (``mirl_lib.data.BUNDLED_TRAIN_SETS`` lists them).
+BUNDLED_TRAIN_SET_NAMES: tuple[str, ...] = ("classic", "natural")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
@@ -107,12 +109,14 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where images come from and how they are degraded and cut.
 
-    ``source``: ``bundled`` (scikit-image photographs), ``mirl`` (the published folder layout under
+    ``source``: ``bundled`` (photographs shipped in scikit-image and scikit-learn; which ones train:
+    ``bundled_train``, ``classic`` or ``natural``, see ``mirl_lib.data.BUNDLED_TRAIN_SETS``), ``mirl`` (the published folder layout under
     ``root``) or ``folder`` (any folder of clean photos under ``root``, synthesized into all tasks).
     ``test_seed`` fixes the test degradations (combined with each image's name, never its order);
     it is the same for every training seed so all runs are scored on the same degraded images.
 
-    ``sampling``: ``balanced`` (every task gets the same share of each batch) or ``published`` (the
+    ``sampling``: ``balanced`` (every task gets the same share of each batch, or, with
+    ``task_weights``, one whole number per task of ``tasks``, a share in proportion) or ``published`` (the
     published all-in-one mixture: every noise image 3 times per sigma, Rain100L 120 times, every
     haze pair once, shuffled per epoch). ``<family>_<split>`` (``denoise_train``, ...) list the
     dataset folders of the ``mirl`` source under ``<root>/<split>/<family>/``; the defaults are the
@@ -124,7 +128,7 @@ class DataConfig(_Section):
     RUNTIME: ClassVar[tuple[str, ...]] = ("workers", "cache_mb")
     LATER: ClassVar[tuple[str, ...]] = ("sampling", "denoise_train", "denoise_test",
                                         "derain_train", "derain_test", "dehaze_train",
-                                        "dehaze_test")
+                                        "dehaze_test", "bundled_train", "task_weights")
 
     source: str = "bundled"
     root: str = "datasets"
@@ -143,10 +147,21 @@ class DataConfig(_Section):
     dehaze_test: tuple[str, ...] = ("SOTS",)
     workers: int = 0
     cache_mb: int = 256
+    bundled_train: str = "classic"
+    task_weights: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.source in ("bundled", "mirl", "folder"), "data.source",
                  "must be one of 'bundled', 'mirl', 'folder'")
+        if self.task_weights:
+            _require(len(self.task_weights) == len(self.tasks)
+                     and all(isinstance(w, int) and w >= 1 for w in self.task_weights),
+                     "data.task_weights", f"must be one whole number >= 1 per task of data.tasks "
+                     f"({len(self.tasks)}), or empty for equal shares")
+            _require(self.sampling == "balanced", "data.task_weights",
+                     "applies to data.sampling: balanced only")
+        _require(self.bundled_train in BUNDLED_TRAIN_SET_NAMES, "data.bundled_train",
+                 f"must be one of {', '.join(map(repr, BUNDLED_TRAIN_SET_NAMES))}")
         unknown = [t for t in self.tasks if t not in TASKS]
         _require(not unknown and len(self.tasks) > 0, "data.tasks",
                  f"unknown task(s) {unknown}; known: {list(TASKS)}")
@@ -188,8 +203,12 @@ class TrainConfig(_Section):
     GPU, the global ``batch_size`` split over them; on ``device: cpu`` the processes use gloo);
     0 or 1 trains in the calling process.
 
-    ``ssim_weight``: the loss is ``L1 + ssim_weight * (1 - SSIM)`` (``mirl_lib.train.
-    restoration_loss``; SSIM as the evaluation computes it); 0, the default, is the published L1.
+    The loss is ``L1 + psnr_weight * (-PSNR) + ssim_weight * (1 - SSIM)``
+    (``mirl_lib.train.restoration_loss``); both weights 0, the default, is the published L1 loss.
+    ``-PSNR`` is the batch mean of each image's ``10 log10(MSE + 1e-8)``: its gradient weighs each
+    image by one over its error, so lightly degraded images (noise at sigma 15, rain), which L1
+    lets heavy ones outweigh, count as they count in the mean PSNR that is scored. SSIM is the
+    evaluation's.
     ``bf16`` and ``channels_last`` apply on CUDA; ``cpu_channels_last`` lays weights and batches
     out channels-last on the CPU too (faster there, see ``results/benchmarks/train_step.csv``,
     and float results differ slightly from the contiguous layout, so it is part of the identity).
@@ -198,7 +217,7 @@ class TrainConfig(_Section):
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
                                           "gpus")
     LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs", "ssim_weight",
-                                        "cpu_channels_last")
+                                        "cpu_channels_last", "psnr_weight")
 
     steps: int = 1000
     batch_size: int = 8
@@ -219,8 +238,10 @@ class TrainConfig(_Section):
     warmup_epochs: int = 0
     ssim_weight: float = 0.0
     cpu_channels_last: bool = False
+    psnr_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(self.psnr_weight >= 0, "train.psnr_weight", "must be >= 0 (0 = no PSNR term)")
         _require(self.batch_size > 0, "train.batch_size", "must be positive")
         _require(self.ssim_weight >= 0, "train.ssim_weight", "must be >= 0 (0 = L1 loss only)")
         _require(self.lr > 0, "train.lr", "must be positive")

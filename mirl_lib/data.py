@@ -1,7 +1,8 @@
 """Training and test data from three sources behind one interface (``DataConfig.source``).
 
-- ``bundled``: the colour photographs shipped inside scikit-image (no download), split into the
-  disjoint ``BUNDLED_TRAIN`` / ``BUNDLED_TEST`` lists; all tasks are synthesized.
+- ``bundled``: colour photographs shipped inside installed packages (no download): a training set
+  of ``BUNDLED_TRAIN_SETS`` (``DataConfig.bundled_train``) and the disjoint ``BUNDLED_TEST``; all
+  tasks are synthesized.
 - ``mirl``: the published MIR-L folder layout under ``DataConfig.root``: for each task family and
   split, the dataset folders the config lists (``DataConfig.denoise_train`` ...); noise is
   synthesized, rain and haze pairs are read from disk.
@@ -31,21 +32,37 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
-from mirl_lib.config import TASK_FAMILIES, DataConfig, task_family
+from mirl_lib.config import BUNDLED_TRAIN_SET_NAMES, TASK_FAMILIES, DataConfig, task_family
 from mirl_lib.degrade import degrade, depth_prior, image_seed
 from mirl_lib.errors import DataError
 from mirl_lib.images import IMAGE_SUFFIXES, read_rgb, read_rgb_uint8, rgb_size
 from mirl_lib.protocol import crop_to_multiple
 
 
-# Colour photographs in scikit-image 0.26 that load without network access. The three classic
-# natural test photographs are held out; training keeps the larger, more varied images, including
-# both motorcycle stereo views (one scene, so both on the same side) whose disparity gives real
-# depth for haze. Left out: ``cat`` (same photo as ``chelsea``), ``colorwheel`` (a synthetic
-# graphic), ``logo`` (RGBA) and every image that needs a download.
-BUNDLED_TRAIN: tuple[str, ...] = ("hubble_deep_field", "immunohistochemistry", "motorcycle_left",
-                                  "motorcycle_right", "retina", "rocket")
-BUNDLED_TEST: tuple[str, ...] = ("astronaut", "chelsea", "coffee")
+# Photographs shipped inside installed packages (no download), as ``<package>:<name>``:
+# ``skimage:<function of skimage.data>``, ``sklearn:<file of sklearn.datasets.load_sample_image>``,
+# ``matplotlib:<path under matplotlib's data folder>`` (``bundled_photo`` reads them).
+# The three classic natural test photographs are held out (``BUNDLED_TEST``). Training photos come
+# in sets, chosen by ``data.bundled_train`` (a test checks that every set is disjoint from the
+# test photos and from the held-out check's):
+# - ``classic`` (the first embedded study's, and the default): scikit-image's larger colour
+#   images, both motorcycle stereo views (one scene, so both on the same side; their disparity
+#   gives real depth for haze), the rocket, and three that are not natural photographs: a
+#   deep-field sky (mostly black), a microscopy stain and a fundus image (black border);
+# - ``natural``: natural photographs only: the motorcycle views, the rocket and scikit-learn's
+#   two sample photos (a temple in China, a flower).
+# Left out: ``cat`` (same photo as ``chelsea``), ``colorwheel`` (a synthetic graphic), ``logo``
+# (RGBA), every image that needs a download and every photo of the held-out check.
+BUNDLED_TRAIN_SETS: dict[str, tuple[str, ...]] = {
+    "classic": ("skimage:hubble_deep_field", "skimage:immunohistochemistry",
+                "skimage:motorcycle_left", "skimage:motorcycle_right", "skimage:retina",
+                "skimage:rocket"),
+    "natural": ("skimage:motorcycle_left", "skimage:motorcycle_right", "skimage:rocket",
+                "sklearn:china.jpg", "sklearn:flower.jpg"),
+}
+assert tuple(BUNDLED_TRAIN_SETS) == BUNDLED_TRAIN_SET_NAMES
+BUNDLED_TEST: tuple[str, ...] = ("skimage:astronaut", "skimage:chelsea", "skimage:coffee")
+_PACKAGES = ("skimage", "sklearn", "matplotlib")
 BUNDLED_DATASET = "bundled"
 FOLDER_DATASET = "folder"
 
@@ -54,7 +71,6 @@ FOLDER_DATASET = "folder"
 # ``input/X<suffix>.*`` and ``target/X_gt.*``.
 PAIRED_SUFFIX: dict[str, str] = {"derain": "_rainy", "dehaze": "_hazy"}
 TARGET_SUFFIX = "_gt"
-_BUNDLED_PREFIX = "skimage:"
 
 # ``data.sampling: published``: how many times each image of a task enters one epoch of the
 # published all-in-one mixture (PromptIR's training set: noise x3 per sigma, Rain100L x120).
@@ -82,7 +98,8 @@ class TestItem:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """One (task, image) of a split; ``clean``/``degraded`` are paths or ``skimage:<name>``."""
+    """One (task, image) of a split; ``clean``/``degraded`` are paths or bundled photos
+    (``<package>:<name>``)."""
 
     task: str
     dataset: str
@@ -104,11 +121,40 @@ class _Sample:
 # Bundled images and depth
 
 
-def _bundled_uint8(name: str) -> np.ndarray:
-    if name.startswith("motorcycle_"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        return left if name == "motorcycle_left" else right
-    return getattr(skimage.data, name)()
+def photo_name(ref: str) -> str:
+    """The image name of a bundled photo: ``sklearn:china.jpg`` -> ``china``."""
+    return Path(ref.partition(":")[2]).stem
+
+
+def is_bundled(ref: str) -> bool:
+    return ref.partition(":")[0] in _PACKAGES and ":" in ref
+
+
+def bundled_photo(ref: str) -> np.ndarray:
+    """A photograph shipped inside a package (``<package>:<name>``, see ``BUNDLED_TRAIN_SETS``) as
+    uint8 (H, W, 3); grey ones are replicated to three channels, an alpha channel is dropped."""
+    package, _, name = ref.partition(":")
+    if package == "skimage":
+        if name.startswith("motorcycle_"):
+            left, right, _ = skimage.data.stereo_motorcycle()
+            array = left if name == "motorcycle_left" else right
+        else:
+            array = getattr(skimage.data, name)()
+    elif package == "sklearn":
+        from sklearn.datasets import load_sample_image
+        array = load_sample_image(name)
+    elif package == "matplotlib":
+        import matplotlib
+        path = Path(matplotlib.get_data_path()) / name
+        if not path.is_file():
+            raise DataError(f"{path}: bundled photo {ref!r} is missing from matplotlib")
+        array = read_rgb_uint8(path)
+    else:
+        raise DataError(f"{ref}: not a bundled photo (expected one of "
+                        f"{', '.join(p + ':' for p in _PACKAGES)})")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,29 +182,28 @@ def _motorcycle_depth(view: str) -> np.ndarray:
 
 def _depth(ref: str, name: str, shape: tuple[int, int]) -> np.ndarray:
     """Measured depth for the motorcycle views, else ``depth_prior`` seeded by the image name."""
-    key = ref.removeprefix(_BUNDLED_PREFIX)
-    if ref.startswith(_BUNDLED_PREFIX) and key.startswith("motorcycle_"):
-        return _motorcycle_depth(key)
+    if ref.startswith("skimage:motorcycle_"):
+        return _motorcycle_depth(ref.removeprefix("skimage:"))
     return depth_prior(shape[0], shape[1], np.random.default_rng(image_seed(name, "depth", 0)))
 
 
 def _load_uint8(ref: str) -> np.ndarray:
     """An image as uint8 (H, W, 3): bundled by name, else read strictly from disk."""
-    if ref.startswith(_BUNDLED_PREFIX):
-        return _bundled_uint8(ref.removeprefix(_BUNDLED_PREFIX))
+    if is_bundled(ref):
+        return bundled_photo(ref)
     return read_rgb_uint8(ref)
 
 
 @functools.lru_cache(maxsize=None)
-def _bundled_size(name: str) -> tuple[int, int]:
-    return _bundled_uint8(name).shape[:2]
+def _bundled_size(ref: str) -> tuple[int, int]:
+    return bundled_photo(ref).shape[:2]
 
 
 def _image_size(ref: str) -> tuple[int, int]:
     """(height, width): bundled by name, else from the file header (``images.rgb_size``: the file
     is checked to be 8-bit RGB, its pixels are not decoded)."""
-    if ref.startswith(_BUNDLED_PREFIX):
-        return _bundled_size(ref.removeprefix(_BUNDLED_PREFIX))
+    if is_bundled(ref):
+        return _bundled_size(ref)
     return rgb_size(ref)
 
 
@@ -172,8 +217,8 @@ def _synthetic(tasks: tuple[str, ...], dataset: str, images: list[tuple[str, str
 
 
 def _bundled_entries(cfg: DataConfig, split: str) -> list[_Entry]:
-    names = BUNDLED_TRAIN if split == "train" else BUNDLED_TEST
-    return _synthetic(cfg.tasks, BUNDLED_DATASET, [(n, _BUNDLED_PREFIX + n) for n in names])
+    refs = BUNDLED_TRAIN_SETS[cfg.bundled_train] if split == "train" else BUNDLED_TEST
+    return _synthetic(cfg.tasks, BUNDLED_DATASET, [(photo_name(r), r) for r in refs])
 
 
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
@@ -393,6 +438,13 @@ def _epoch_size(tasks: list[str], sampling: str) -> int:
     return sum(PUBLISHED_REPEATS[t] for t in tasks) if sampling == "published" else len(tasks)
 
 
+def task_cycle(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """The task ids of one cycle of balanced sampling: task ``t`` ``weights[t]`` times, spread out
+    round by round (``(1, 2, 3)`` -> ``(0, 1, 2, 1, 2, 2)``), so consecutive samples, and so each
+    batch, mix the tasks."""
+    return tuple(t for r in range(max(weights)) for t, w in enumerate(weights) if w > r)
+
+
 class TrainSource:
     """Random training patches, a pure function of (seed, step, rank), read from disk per sample.
 
@@ -406,8 +458,10 @@ class TrainSource:
 
     def __init__(self, samples: list[_Sample], tasks: tuple[str, ...], patch_size: int,
                  seed: int, sampling: str = "balanced", workers: int = 0,
-                 cache_mb: int = 256) -> None:
+                 cache_mb: int = 256, task_weights: tuple[int, ...] = ()) -> None:
         self.tasks: tuple[str, ...] = tuple(tasks)
+        # balanced: sample g takes task _cycle[g % len(_cycle)]; each task as often as its weight
+        self._cycle = task_cycle(task_weights or (1,) * len(self.tasks))
         self.patch_size = patch_size
         self.seed = seed
         self.sampling = sampling
@@ -478,7 +532,7 @@ class TrainSource:
     def _pick(self, g: int, rng: np.random.Generator) -> tuple[int, _Sample]:
         """The task id and sample of global index ``g`` (draws from ``rng`` when balanced)."""
         if self._mixture is None:
-            task_id = g % len(self.tasks)
+            task_id = self._cycle[g % len(self._cycle)]
             pool = self._pools[self.tasks[task_id]]
             return task_id, pool[rng.integers(len(pool))]
         epoch, position = divmod(g, len(self._mixture))
@@ -547,7 +601,7 @@ def build_train_source(cfg: DataConfig, seed: int) -> TrainSource:
                             f"({width}x{height})")
         samples.append(_Sample(e, height, width))
     return TrainSource(samples, cfg.tasks, cfg.patch_size, seed, cfg.sampling, cfg.workers,
-                       cfg.cache_mb)
+                       cfg.cache_mb, cfg.task_weights)
 
 
 def epoch_size(cfg: DataConfig) -> int:

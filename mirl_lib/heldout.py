@@ -1,6 +1,6 @@
 """The held-out check: photographs the training never saw, degraded with parameters it never drew.
 
-The embedded study trains on ``data.BUNDLED_TRAIN`` and scores on ``data.BUNDLED_TEST``, both
+The embedded study trains on a set of ``data.BUNDLED_TRAIN_SETS`` and scores on ``data.BUNDLED_TEST``, both
 degraded with the ranges of ``mirl_lib.degrade``. A network that only memorized those photos, or
 only the exact streak and haze statistics it was trained on, would still look good there. This set
 asks the harder question: five more photographs (one colour portrait shipped with matplotlib, four
@@ -14,7 +14,6 @@ returns ``TestItem``s like the test set, so ``evaluate`` scores them unchanged.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from mirl_lib.degrade import (HAZE_AIRLIGHT, HAZE_BETA, NOISE_SIGMAS, RAIN_ANGLE
 from mirl_lib.errors import DataError
 
 HELDOUT_DATASET = "heldout"
-# name -> where it ships. None of these is in data.BUNDLED_TRAIN or data.BUNDLED_TEST (a test
+# name -> where it ships. None of these is in data.BUNDLED_TRAIN_SETS or BUNDLED_TEST (a test
 # checks it): the check is on photos the training never saw.
 HELDOUT_PHOTOS: dict[str, str] = {
     "grace_hopper": "matplotlib:sample_data/grace_hopper.jpg",
@@ -54,24 +53,10 @@ assert _outside(HAZE_AIRLIGHT, HELDOUT_HAZE_AIRLIGHT)
 
 
 def photo(name: str) -> np.ndarray:
-    """A held-out photograph as uint8 (H, W, 3)."""
-    ref = HELDOUT_PHOTOS[name]
-    kind, _, where = ref.partition(":")
-    if kind == "skimage":
-        import skimage.data
-        array = getattr(skimage.data, where)()
-    elif kind == "matplotlib":
-        import matplotlib
-        path = Path(matplotlib.get_data_path()) / where
-        if not path.is_file():
-            raise DataError(f"{path}: held-out photo {name!r} is missing from matplotlib")
-        from mirl_lib.images import read_rgb_uint8
-        array = read_rgb_uint8(path)
-    else:  # pragma: no cover - the table above is fixed
-        raise ValueError(ref)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return np.ascontiguousarray(array[..., :3])
+    """A held-out photograph as uint8 (H, W, 3) (grey ones replicated to three channels)."""
+    from mirl_lib.data import bundled_photo
+
+    return bundled_photo(HELDOUT_PHOTOS[name])
 
 
 def degrade_heldout(clean: np.ndarray, task: str, seed: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any
 import nbformat
 import pandas as pd
 
-from mirl_lib.config import Config, load_config
+from mirl_lib.config import Config, TrainConfig, load_config
 from mirl_lib.errors import ConfigError, MirlError
 from mirl_lib.fileio import atomic_write_text
 from mirl_lib.lottery import Study
@@ -405,6 +405,63 @@ def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_ro
     print(f"Study finished in {(time.time() - started) / 60:.1f} min: {study.run_dir}", flush=True)
 
 
+def run_points_only(params_file: Path, results_root: Path, jobs: int = 1,
+                    overrides: dict | None = None) -> Study:
+    """Train and score every point of the study without notebooks (for a machine without Jupyter,
+    such as a GPU image, and for reruns whose numbers alone matter): the same stages, the same
+    dependencies and schedule as ``run``, each stage's points in a child process
+    (``run_points``), ``jobs`` at a time. No data preview, evaluation or figures stage: the
+    points' ``metrics.csv`` / ``heldout.csv`` are the results. Finished points are skipped.
+    """
+    params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
+    study = open_study(params_file, results_root, overrides)
+    stages = [s for s in stage_list(study) if s.points]
+    study.check_identity()
+    lock = RunLock(study.run_dir)
+    warning = lock.acquire()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    children = Children()
+    started = time.time()
+    by_name = {stage.name: stage for stage in stages}
+    deps = {name: wait_for & set(by_name)
+            for name, wait_for in dependencies(study, stages).items() if name in by_name}
+
+    def one(name: str) -> None:
+        stage, t0 = by_name[name], time.time()
+        if stage_done(study, stage):
+            print(f"{name}: done already, skipped", flush=True)
+            return
+        print(f"{name}: training {len(stage.points)} point(s) ...", flush=True)
+        request = json.dumps({"params": str(params_file), "results": str(results_root),
+                              "overrides": overrides, "points": stage.points,
+                              "seeds": stage.seeds})
+        proc = children.start(module_command("mirl_lib.stages", "points-stage", request))
+        code = proc.wait()
+        children.finished(proc)
+        if code != 0:
+            raise StageFailed(f"stage {name}: its process exited with code {code}")
+        print(f"{name}: finished in {time.time() - t0:.0f} s "
+              f"(total {(time.time() - started) / 60:.1f} min)", flush=True)
+
+    try:
+        study.prepare()
+        schedule(deps, jobs, one, abort=children.kill_all)
+    finally:
+        children.kill_all()
+        lock.release()
+    print(f"Points finished in {(time.time() - started) / 60:.1f} min: {study.run_dir}", flush=True)
+    return study
+
+
+def _points_stage(request: str) -> None:
+    """The child of ``run_points_only``: one stage's points."""
+    spec = json.loads(request)
+    study = open_study(spec["params"], spec["results"], spec["overrides"])
+    seeds = spec["seeds"]
+    study.run_points([tuple(p) for p in spec["points"]], None if seeds is None else tuple(seeds))
+
+
 INTERRUPTED = ("interrupted: finished stages are kept and an interrupted training resumes from "
                "its last checkpoint; run the same command again to continue")
 
@@ -418,7 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run every stage in order")
     list_p = sub.add_parser("list", help="list the stages and whether they are done")
-    for p in (run_p, list_p):
+    points_p = sub.add_parser("points", help="train and score every point without notebooks "
+                                             "(no preview, evaluation or figures)")
+    stage_p = sub.add_parser("points-stage", help=argparse.SUPPRESS)
+    stage_p.add_argument("request")
+    points_p.add_argument("--jobs", type=int, default=2)
+    for p in (run_p, list_p, points_p):
         p.add_argument("params", type=Path)
         p.add_argument("--results", type=Path, default=REPO / "results")
     run_p.add_argument("--force", action="append", default=[], metavar="STAGE")
@@ -433,7 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     # restore Ctrl-C / kill -INT so it still stops the study the documented way
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if args.command == "list":
+        if args.command == "points-stage":
+            _points_stage(args.request)
+        elif args.command == "points":
+            run_points_only(args.params, args.results, max(1, args.jobs))
+        elif args.command == "list":
             study = open_study(args.params, args.results)
             study.check_identity()  # a folder of another config has no "done" stages for this one
             for stage in stage_list(study):
@@ -450,6 +516,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def loss_formula(t: TrainConfig) -> str:
+    """The training loss in words: ``L1``, ``L1 + 0.01 (-PSNR)``, ``L1 + 0.5 (1 - SSIM)``..."""
+    terms = ["L1"]
+    if t.psnr_weight:
+        terms.append(f"{t.psnr_weight:g} (-PSNR)")
+    if t.ssim_weight:
+        terms.append(f"{t.ssim_weight:g} (1 - SSIM)")
+    return " + ".join(terms)
+
+
 def config_notes(cfg: Config) -> str:
     """A few lines describing the setting, for the summary page."""
     m, t, p = cfg.model, cfg.train, cfg.prune
@@ -457,8 +533,7 @@ def config_notes(cfg: Config) -> str:
                 else f"{t.steps} steps (warmup {t.warmup_steps})")
     return (f"Preset `{m.preset}` (dim {m.dim}, blocks {list(m.num_blocks)}), data "
             f"`{cfg.data.source}` patch {cfg.data.patch_size}, {duration} of batch "
-            f"{t.batch_size} per round (lr {t.lr:g}, loss "
-            f"{f'L1 + {t.ssim_weight:g} (1 - SSIM)' if t.ssim_weight else 'L1'}), "
+            f"{t.batch_size} per round (lr {t.lr:g}, loss {loss_formula(t)}), "
             f"{p.rounds} rounds of {p.rate:.0%} "
             f"{p.method} pruning ({p.scope} scope), seeds {list(cfg.study.seeds)}, config hash "
             f"`{cfg.hash()}`.")

@@ -244,14 +244,19 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
-def restoration_loss(restored: torch.Tensor, clean: torch.Tensor, ssim_weight: float = 0.0
-                     ) -> torch.Tensor:
-    """``L1 + ssim_weight * (1 - SSIM)``; ``ssim_weight = 0`` is the published L1 loss.
+def restoration_loss(restored: torch.Tensor, clean: torch.Tensor, ssim_weight: float = 0.0,
+                     psnr_weight: float = 0.0) -> torch.Tensor:
+    """``L1 + psnr_weight * (-PSNR) + ssim_weight * (1 - SSIM)``; both weights 0 is the published
+    L1 loss. ``-PSNR``: the batch mean of each image's ``10 log10(MSE + 1e-8)``, minus its PSNR in
+    dB (on the unclipped output, so the gradient never vanishes).
 
     The SSIM term is computed on the output clipped to [0, 1] (as it is scored), with gradients
     through the clip where the output lies inside it.
     """
     loss = F.l1_loss(restored, clean)
+    if psnr_weight > 0:
+        mse = (restored - clean).square().flatten(1).mean(dim=1)
+        loss = loss + psnr_weight * 10.0 * torch.log10(mse + 1e-8).mean()
     if ssim_weight > 0:  # contiguous: the 3-channel pooling is slow in channels-last layout
         ssim = ssim_map(restored.clamp(0.0, 1.0).contiguous(), clean.contiguous())
         loss = loss + ssim_weight * (1.0 - ssim.mean())
@@ -331,7 +336,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
             clean = clean.to(device, memory_format=memory_format, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
                 restored = net(degraded)
-            loss = restoration_loss(restored.float(), clean, cfg.ssim_weight)
+            loss = restoration_loss(restored.float(), clean, cfg.ssim_weight, cfg.psnr_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

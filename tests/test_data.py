@@ -14,7 +14,7 @@ from layouts import OFFSET, make_mirl, pixels, save
 from mirl_lib import data
 from mirl_lib.config import TASKS, DataConfig
 from mirl_lib.degrade import image_seed
-from mirl_lib.errors import DataError
+from mirl_lib.errors import ConfigError, DataError
 
 
 @pytest.fixture()
@@ -28,18 +28,39 @@ def _mirl_cfg(root: Path, **kw) -> DataConfig:
 
 # ---- bundled ---------------------------------------------------------------------------------
 
-def test_bundled_split_is_disjoint_with_both_motorcycle_views_in_train() -> None:
-    assert not set(data.BUNDLED_TRAIN) & set(data.BUNDLED_TEST)
-    assert {"motorcycle_left", "motorcycle_right"} <= set(data.BUNDLED_TRAIN)
-    for name in data.BUNDLED_TRAIN + data.BUNDLED_TEST:  # every image loads offline as 8-bit RGB
-        image = data._bundled_uint8(name)
+@pytest.mark.parametrize("photos", sorted(data.BUNDLED_TRAIN_SETS))
+def test_bundled_split_is_disjoint_with_both_motorcycle_views_in_train(photos: str) -> None:
+    train = data.BUNDLED_TRAIN_SETS[photos]
+    names = {data.photo_name(r) for r in train}
+    assert not names & {data.photo_name(r) for r in data.BUNDLED_TEST}
+    assert {"motorcycle_left", "motorcycle_right"} <= names and len(names) == len(train)
+    for ref in train + data.BUNDLED_TEST:  # every image loads offline as 8-bit RGB
+        image = data.bundled_photo(ref)
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert min(image.shape[:2]) >= 256, ref
+
+
+def test_bundled_training_sets_are_chosen_by_the_config() -> None:
+    """``data.bundled_train`` picks the photos (and is an identity field that leaves the classic
+    set's hashes alone); an unknown set or photo source is one error naming it."""
+    for photos, expected in (("classic", {"hubble_deep_field", "retina"}),
+                             ("natural", {"china", "flower"})):
+        cfg = DataConfig(patch_size=32, bundled_train=photos)
+        names = set(data.dataset_summary(cfg).query("split == 'train'")["name"])
+        assert expected <= names and names == {data.photo_name(r)
+                                               for r in data.BUNDLED_TRAIN_SETS[photos]}
+    assert "bundled_train" not in DataConfig().identity()
+    assert DataConfig(bundled_train="natural").identity()["bundled_train"] == "natural"
+    with pytest.raises(ConfigError, match="data.bundled_train: must be one of 'classic'"):
+        DataConfig(bundled_train="vacation")
+    with pytest.raises(DataError, match="pypi:cat.png: not a bundled photo"):
+        data.bundled_photo("pypi:cat.png")
 
 
 @pytest.mark.parametrize("view", ["motorcycle_left", "motorcycle_right"])
 def test_motorcycle_depth_is_finite_and_normalized(view: str) -> None:
     depth = data._motorcycle_depth(view)
-    assert depth.shape == data._bundled_uint8(view).shape[:2]
+    assert depth.shape == data.bundled_photo(f"skimage:{view}").shape[:2]
     assert np.isfinite(depth).all() and depth.min() == 0.0 and depth.max() == 1.0
 
 
@@ -295,3 +316,20 @@ def test_relative_data_root_is_read_from_the_checkout(tmp_path: Path,
     assert data_root(DataConfig(root="datasets")) == CHECKOUT / "datasets"
     assert (CHECKOUT / "mirl_lib" / "data.py").is_file()
     assert data_root(DataConfig(root=str(tmp_path / "x"))) == tmp_path / "x"
+
+
+def test_task_weights_give_each_task_its_share_of_every_cycle() -> None:
+    assert data.task_cycle((1, 2, 3)) == (0, 1, 2, 1, 2, 2)
+    assert data.task_cycle((1, 1)) == (0, 1)
+    cfg = DataConfig(patch_size=16, task_weights=(2, 1, 1, 3, 3))
+    source = data.build_train_source(cfg, seed=0)
+    ids = torch.cat([source.batch(step, 10)[2] for step in range(10)])
+    assert torch.bincount(ids, minlength=5).tolist() == [20, 10, 10, 30, 30]
+    equal = data.build_train_source(DataConfig(patch_size=16), seed=0)
+    assert torch.bincount(torch.cat([equal.batch(s, 10)[2] for s in range(10)])).tolist() == [20] * 5
+    assert "task_weights" not in DataConfig().identity()
+    for bad, message in ((dict(task_weights=(1, 2)), "one whole number >= 1 per task"),
+                         (dict(task_weights=(1, 0, 1, 1, 1)), "one whole number >= 1 per task"),
+                         (dict(task_weights=(1,) * 5, sampling="published"), "balanced only")):
+        with pytest.raises(ConfigError, match=f"data.task_weights: .*{message}"):
+            DataConfig(**bad)

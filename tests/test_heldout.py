@@ -6,13 +6,16 @@ import pytest
 
 from mirl_lib import degrade, heldout
 from mirl_lib.config import TASKS, DataConfig
-from mirl_lib.data import BUNDLED_TEST, BUNDLED_TRAIN
+from mirl_lib.data import BUNDLED_TEST, BUNDLED_TRAIN_SETS, photo_name
 from mirl_lib.protocol import psnr
 
 
 def test_heldout_photos_are_neither_training_nor_test_photos() -> None:
     names = set(heldout.HELDOUT_PHOTOS)
-    assert not names & set(BUNDLED_TRAIN) and not names & set(BUNDLED_TEST)
+    bundled = {photo_name(r) for r in BUNDLED_TEST + sum(BUNDLED_TRAIN_SETS.values(), ())}
+    assert not names & bundled
+    refs = set(heldout.HELDOUT_PHOTOS.values())
+    assert not refs & (set(BUNDLED_TEST) | set(sum(BUNDLED_TRAIN_SETS.values(), ())))
     for name in names:  # and none is the same picture under another name (chelsea == cat)
         photo = heldout.photo(name)
         assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3

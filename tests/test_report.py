@@ -273,3 +273,31 @@ def test_dense_bars_are_computed_from_paired_gains() -> None:
     assert sentences[0].endswith("it does not yet learn every task (short on dehaze).")
     assert "≥ +3 dB on 2 of 3 tasks, SSIM above the input on 2 of 3" in sentences[0]
     assert sentences[1].endswith("beats the degraded input on 3 of 3 tasks.")
+
+
+def test_reproduce_command_compares_two_files(tmp_path: Path, capsys) -> None:
+    """``python -m mirl_lib reproduce RERUN REFERENCE -o CSV``: the verdict line and the table;
+    a missing file or another study's metrics is one error line, exit 2, and writes nothing."""
+    from mirl_lib.__main__ import main
+
+    reference = metrics((0, 1), -0.5).assign(config_hash="abc")
+    rerun = reference.copy()
+    rerun.loc[(rerun["strategy"] == "reinit") & (rerun["task"] == "derain"), "psnr"] += 3.0
+    reference.to_csv(tmp_path / "ref.csv", index=False)
+    rerun.to_csv(tmp_path / "rerun.csv", index=False)
+    out = tmp_path / "reproduction.csv"
+    assert main(["reproduce", str(tmp_path / "rerun.csv"), str(tmp_path / "ref.csv"),
+                 "-o", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("NOT reproduced within noise: 2 of 15 comparisons")
+    assert set(pd.read_csv(out)["kind"]) == {"point", "comparison"}
+    out.unlink()
+    other = reference.assign(config_hash="def")
+    other.to_csv(tmp_path / "other.csv", index=False)
+    for argv, message in (([str(tmp_path / "nope.csv"), str(tmp_path / "ref.csv")],
+                           "nope.csv: no such file"),
+                          ([str(tmp_path / "other.csv"), str(tmp_path / "ref.csv")],
+                           "config hash def differs from")):
+        assert main(["reproduce", *argv, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        assert not out.exists()

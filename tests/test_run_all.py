@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,3 +131,35 @@ def test_controls_alone_wait_for_the_trunk_rounds_they_read(tmp_path: Path) -> N
         rnd = stage[-2:]
         finished = min(j for j, line in enumerate(log) if f"round_{rnd}: finished" in line)
         assert finished < i, (stage, out.stdout)
+
+
+def test_gpu_rerun_script_reruns_with_the_same_identity(smoke_run: tuple[Path, str],
+                                                        tmp_path: Path) -> None:
+    """scripts/gpu_rerun.sh, dry-run on the CPU: the copied params keep the config hash, every
+    point is trained without notebooks (``stages points``) and the gathered metrics reproduce the
+    notebook run (bit-exact on one machine) through ``reproduce``."""
+    run_dir, _ = smoke_run
+    out = tmp_path / "out"
+    env = {**os.environ, "MIRL_RERUN_DEVICE": "cpu", "PYTHON": sys.executable}
+    done = subprocess.run([str(REPO / "scripts" / "gpu_rerun.sh"), str(SMOKE), str(out), "2"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "run exit 0" in (out / "run.log").read_text()
+    rerun = pd.read_csv(out / "metrics.csv")
+    assert set(rerun["config_hash"]) == set(pd.read_csv(run_dir / "metrics.csv")["config_hash"])
+    points = pd.read_csv(out / "points.csv")
+    notebook_run = pd.read_csv(run_dir / "metrics.csv")
+    assert len(points) == len(notebook_run.groupby(["seed", "strategy", "round"]))
+    keys = ["seed", "strategy", "round", "task", "image"]
+    assert len(rerun) >= 0.9 * len(notebook_run) and not list(out.glob("*.ipynb"))
+    assert len(rerun.merge(notebook_run[keys], on=keys)) == len(rerun)  # the same points
+    check = subprocess.run([sys.executable, "-m", "mirl_lib", "reproduce", str(out / "metrics.csv"),
+                            str(run_dir / "metrics.csv")], capture_output=True, text=True,
+                           timeout=300, cwd=REPO)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith("reproduced within noise") and "0.000 dB" in check.stdout
+    bad = tmp_path / "nodevice.yaml"
+    bad.write_text(SMOKE.read_text().replace("  device: cpu\n", ""))
+    refused = subprocess.run([str(REPO / "scripts" / "gpu_rerun.sh"), str(bad), str(out)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert refused.returncode == 2 and "nodevice.yaml: no 'train.device' line" in refused.stderr

@@ -167,22 +167,63 @@ def test_ssim_term_is_skimage_ssim() -> None:
         l1 + 0.5 * (1 - expected))
 
 
+def test_psnr_term_is_minus_each_images_psnr() -> None:
+    """``psnr_weight``'s term is the batch mean of minus each image's PSNR as skimage scores it,
+    so a lightly degraded image weighs as much as a heavily degraded one (under L1 it weighs
+    less)."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from mirl_lib.train import restoration_loss
+
+    rng = np.random.default_rng(1)
+    clean = rng.uniform(0.2, 0.8, (2, 24, 20, 3))
+    restored = clean + rng.normal(0, 1, clean.shape) * np.array([0.01, 0.1])[:, None, None, None]
+    psnrs = [peak_signal_noise_ratio(c, r, data_range=1.0) for c, r in zip(clean, restored)]
+    as_batch = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
+    l1 = float(np.abs(restored - clean).mean())
+    loss = restoration_loss(as_batch(restored), as_batch(clean), psnr_weight=0.1)
+    assert loss.item() == pytest.approx(l1 - 0.1 * np.mean(psnrs), abs=1e-4)  # the 1e-8 guard
+    with_ssim = restoration_loss(as_batch(restored), as_batch(clean), 0.5, 0.1).item()
+    assert loss.item() < with_ssim < loss.item() + 0.5
+    # each image's gradient is its error over its MSE: the light image (errors ten times
+    # smaller) pulls with a hundred times the weight per unit of error of the heavy one
+    x = as_batch(restored).clone().requires_grad_(True)
+    restoration_loss(x, as_batch(clean), psnr_weight=1e6).backward()  # the L1 term negligible
+    light, heavy = (x.grad[i].abs().sum() / (x.detach()[i] - as_batch(clean)[i]).abs().sum()
+                    for i in (0, 1))
+    assert float(light / heavy) == pytest.approx(100.0, rel=0.1)
+
+
 def test_ssim_weight_and_cpu_layout_change_training_but_not_old_hashes(tmp_path: Path) -> None:
     """Both options train (and differ from the L1 / contiguous run); at their defaults they leave
     the identity of every earlier run unchanged."""
 
     assert "ssim_weight" not in CFG.identity() and "cpu_channels_last" not in CFG.identity()
+    assert "psnr_weight" not in CFG.identity()
+    assert dataclasses.replace(CFG, psnr_weight=0.01).identity()["psnr_weight"] == 0.01
+    with pytest.raises(ConfigError, match="train.psnr_weight"):
+        dataclasses.replace(CFG, psnr_weight=-1.0)
     assert dataclasses.replace(CFG, ssim_weight=0.5).identity()["ssim_weight"] == 0.5
     with pytest.raises(ConfigError, match="train.ssim_weight"):
         dataclasses.replace(CFG, ssim_weight=-1.0)
     short = dataclasses.replace(CFG, steps=3, checkpoint_every=3)
     base, _ = run(tmp_path / "l1", cfg=short)
     for name, cfg in (("ssim", dataclasses.replace(short, ssim_weight=0.5)),
+                      ("psnr", dataclasses.replace(short, psnr_weight=0.01)),
                       ("layout", dataclasses.replace(short, cpu_channels_last=True))):
         model, result = run(tmp_path / name, cfg=cfg)
         assert result.final_step == 3
         state = model.state_dict()
         assert all(torch.isfinite(v).all() for v in state.values()), name
         assert all(v.is_contiguous() for v in state.values()), name  # layout restored after
-        if name == "ssim":
+        if name in ("ssim", "psnr"):
             assert not all(torch.equal(state[k], base.state_dict()[k]) for k in state)
+
+
+def test_loss_formula_names_every_term() -> None:
+    from mirl_lib.stages import loss_formula
+
+    assert loss_formula(CFG) == "L1"
+    both = dataclasses.replace(CFG, psnr_weight=0.01, ssim_weight=0.5)
+    assert loss_formula(both) == "L1 + 0.01 (-PSNR) + 0.5 (1 - SSIM)"
