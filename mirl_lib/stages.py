@@ -336,6 +336,17 @@ def schedule(deps: dict[str, set[str]], jobs: int, run_stage: Callable[[str], No
         raise failure
 
 
+def claim(study: Study) -> RunLock:
+    """Check that the run folder belongs to this config and hold its ``.lock`` (a warning about
+    a stale lock goes to stderr); the caller releases it."""
+    study.check_identity()
+    lock = RunLock(study.run_dir)
+    warning = lock.acquire()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return lock
+
+
 def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1,
         overrides: dict | None = None) -> Study:
     """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time.
@@ -351,11 +362,7 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs
     unknown = sorted(set(force) - {s.name for s in stages})
     if unknown:
         raise MirlError(f"--force: unknown stage(s) {unknown}; stages: {[s.name for s in stages]}")
-    study.check_identity()
-    lock = RunLock(study.run_dir)
-    warning = lock.acquire()
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    lock = claim(study)
     children = Children()
     try:
         with tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
@@ -416,11 +423,7 @@ def run_points_only(params_file: Path, results_root: Path, jobs: int = 1,
     params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
     study = open_study(params_file, results_root, overrides)
     stages = [s for s in stage_list(study) if s.points]
-    study.check_identity()
-    lock = RunLock(study.run_dir)
-    warning = lock.acquire()
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    lock = claim(study)
     children = Children()
     started = time.time()
     by_name = {stage.name: stage for stage in stages}
