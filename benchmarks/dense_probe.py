@@ -45,10 +45,11 @@ def probe(params: Path, patch: int, batch: int, lr: float, steps: int, at: list[
           seed: int, threads: int, work: Path, ssim_weight: float = 0.0,
           channels_last: bool = False, psnr_weight: float = 0.0,
           bundled_train: str = "classic", task_weights: tuple[int, ...] = (),
-          device: str = "cpu") -> pd.DataFrame:
+          device: str = "cpu", haze_depth: str = "fixed") -> pd.DataFrame:
     torch.set_num_threads(threads)
     cfg = load_config(params, {"data": {"patch_size": patch, "bundled_train": bundled_train,
-                                        "task_weights": list(task_weights)},
+                                        "task_weights": list(task_weights),
+                                        "haze_depth": haze_depth},
                                "train": {"batch_size": batch, "lr": lr, "steps": steps,
                                          "warmup_steps": 30, "checkpoint_every": 10 ** 9,
                                          "log_every": 50, "threads": threads,
@@ -79,7 +80,7 @@ def probe(params: Path, patch: int, batch: int, lr: float, steps: int, at: list[
                              "ssim_weight": ssim_weight, "cpu_channels_last": channels_last,
                              "psnr_weight": psnr_weight, "bundled_train": bundled_train,
                              "task_weights": "-".join(map(str, task_weights)),
-                             "device": device})
+                             "device": device, "haze_depth": haze_depth})
     return pd.DataFrame(rows)
 
 
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="data.bundled_train: which bundled photos train (classic, natural)")
     parser.add_argument("--task-weights", default="",
                         help="data.task_weights, comma-separated (one per task; empty: equal)")
+    parser.add_argument("--haze-depth", default="fixed",
+                        help="data.haze_depth: fixed (one depth map per photo) or per_sample")
     parser.add_argument("--device", default="cpu", help="train.device (cuda trains in fp32)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -114,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                       args.threads, Path(work), args.ssim_weight, args.channels_last, args.psnr_weight,
                       args.bundled_train,
                       tuple(int(w) for w in args.task_weights.split(",") if w.strip()),
-                      args.device)
+                      args.device, args.haze_depth)
     if args.out.exists():
         earlier = pd.read_csv(args.out)
         for column, value in (("ssim_weight", 0.0), ("cpu_channels_last", False),
                               ("psnr_weight", 0.0), ("bundled_train", "classic"),
-                              ("task_weights", ""), ("device", "cpu")):
+                              ("task_weights", ""), ("device", "cpu"), ("haze_depth", "fixed")):
             if column not in earlier:  # rows from before the option existed ran without it
                 earlier[column] = value
         table = pd.concat([earlier, table], ignore_index=True)

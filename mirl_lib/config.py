@@ -27,6 +27,7 @@ TASK_FAMILIES: tuple[str, ...] = ("denoise", "derain", "dehaze")
 SAMPLINGS: tuple[str, ...] = ("balanced", "published")
 # The bundled source's training photo sets (``mirl_lib.data.BUNDLED_TRAIN_SETS`` lists them).
 BUNDLED_TRAIN_SET_NAMES: tuple[str, ...] = ("classic", "natural")
+HAZE_DEPTHS: tuple[str, ...] = ("fixed", "per_sample")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
@@ -122,13 +123,18 @@ class DataConfig(_Section):
     dataset folders of the ``mirl`` source under ``<root>/<split>/<family>/``; the defaults are the
     published ones. ``workers`` (DataLoader processes making training batches, 0 = in the training
     process) and ``cache_mb`` (decoded images each of those processes keeps) are runtime settings.
+    ``haze_depth``: the depth behind synthesized training haze where no depth was measured (all but
+    the motorcycle views): ``fixed`` (one ``depth_prior`` per photo, seeded by its name) or
+    ``per_sample`` (a fresh ``depth_prior`` of the whole photo for every hazy training sample, so
+    the network cannot tie haze to a photo's content; the test photos keep their fixed depth).
     See ``docs/data.md``.
     """
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("workers", "cache_mb")
     LATER: ClassVar[tuple[str, ...]] = ("sampling", "denoise_train", "denoise_test",
                                         "derain_train", "derain_test", "dehaze_train",
-                                        "dehaze_test", "bundled_train", "task_weights")
+                                        "dehaze_test", "bundled_train", "task_weights",
+                                        "haze_depth")
 
     source: str = "bundled"
     root: str = "datasets"
@@ -149,6 +155,7 @@ class DataConfig(_Section):
     cache_mb: int = 256
     bundled_train: str = "classic"
     task_weights: tuple[int, ...] = ()
+    haze_depth: str = "fixed"
 
     def __post_init__(self) -> None:
         _require(self.source in ("bundled", "mirl", "folder"), "data.source",
@@ -160,6 +167,8 @@ class DataConfig(_Section):
                      f"({len(self.tasks)}), or empty for equal shares")
             _require(self.sampling == "balanced", "data.task_weights",
                      "applies to data.sampling: balanced only")
+        _require(self.haze_depth in HAZE_DEPTHS, "data.haze_depth",
+                 f"must be one of {', '.join(map(repr, HAZE_DEPTHS))}")
         _require(self.bundled_train in BUNDLED_TRAIN_SET_NAMES, "data.bundled_train",
                  f"must be one of {', '.join(map(repr, BUNDLED_TRAIN_SET_NAMES))}")
         unknown = [t for t in self.tasks if t not in TASKS]

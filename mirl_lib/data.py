@@ -33,7 +33,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from mirl_lib.config import BUNDLED_TRAIN_SET_NAMES, TASK_FAMILIES, DataConfig, task_family
-from mirl_lib.degrade import degrade, depth_prior, image_seed
+from mirl_lib.degrade import degrade, depth_prior, depth_prior_window, image_seed
 from mirl_lib.errors import DataError
 from mirl_lib.images import IMAGE_SUFFIXES, read_rgb, read_rgb_uint8, rgb_size
 from mirl_lib.protocol import crop_to_multiple
@@ -180,9 +180,14 @@ def _motorcycle_depth(view: str) -> np.ndarray:
     return ((depth - depth.min()) / np.ptp(depth)).astype(np.float32)
 
 
+def _measured_depth(ref: str) -> bool:
+    """Whether ``ref`` has measured depth (the motorcycle views' disparity)."""
+    return ref.startswith("skimage:motorcycle_")
+
+
 def _depth(ref: str, name: str, shape: tuple[int, int]) -> np.ndarray:
     """Measured depth for the motorcycle views, else ``depth_prior`` seeded by the image name."""
-    if ref.startswith("skimage:motorcycle_"):
+    if _measured_depth(ref):
         return _motorcycle_depth(ref.removeprefix("skimage:"))
     return depth_prior(shape[0], shape[1], np.random.default_rng(image_seed(name, "depth", 0)))
 
@@ -458,8 +463,10 @@ class TrainSource:
 
     def __init__(self, samples: list[_Sample], tasks: tuple[str, ...], patch_size: int,
                  seed: int, sampling: str = "balanced", workers: int = 0,
-                 cache_mb: int = 256, task_weights: tuple[int, ...] = ()) -> None:
+                 cache_mb: int = 256, task_weights: tuple[int, ...] = (),
+                 haze_depth: str = "fixed") -> None:
         self.tasks: tuple[str, ...] = tuple(tasks)
+        self.haze_depth = haze_depth
         # balanced: sample g takes task _cycle[g % len(_cycle)]; each task as often as its weight
         self._cycle = task_cycle(task_weights or (1,) * len(self.tasks))
         self.patch_size = patch_size
@@ -502,7 +509,8 @@ class TrainSource:
         generator picks the image; with ``published`` sampling ``g`` is position
         ``g % epoch_size`` of epoch ``g // epoch_size``'s shuffle of the mixture. Then the
         generator picks the crop, one of the 8 flips/rotations (applied to the clean crop and its
-        pair or depth alike) and the synthetic degradation of the augmented clean crop.
+        pair or depth alike), with ``haze_depth: per_sample`` a fresh depth map for synthesized
+        haze, and the synthetic degradation of the augmented clean crop.
         """
         if step < 0 or batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch request: step={step}, batch_size={batch_size}, "
@@ -519,8 +527,13 @@ class TrainSource:
             y, x = rng.integers(sample.height - p + 1), rng.integers(sample.width - p + 1)
             rotations, flip = int(rng.integers(4)), bool(rng.integers(2))
             clean, paired, depth = self._arrays(sample)
+            fresh = depth is not None and self.haze_depth == "per_sample" \
+                and not _measured_depth(sample.entry.clean)
             crop = [_augment(a[y:y + p, x:x + p], rotations, flip)
-                    for a in (clean, paired, depth) if a is not None]
+                    for a in (clean, paired, None if fresh else depth) if a is not None]
+            if fresh:  # this sample's own depth map of the whole photo, its window cut alike
+                crop.append(_augment(depth_prior_window(sample.height, sample.width, y, x, p,
+                                                        rng), rotations, flip))
             clean_out[i] = crop[0] / np.float32(255.0)
             if paired is not None:
                 degraded_out[i] = crop[1] / np.float32(255.0)
@@ -601,7 +614,7 @@ def build_train_source(cfg: DataConfig, seed: int) -> TrainSource:
                             f"({width}x{height})")
         samples.append(_Sample(e, height, width))
     return TrainSource(samples, cfg.tasks, cfg.patch_size, seed, cfg.sampling, cfg.workers,
-                       cfg.cache_mb, cfg.task_weights)
+                       cfg.cache_mb, cfg.task_weights, cfg.haze_depth)
 
 
 def epoch_size(cfg: DataConfig) -> int:

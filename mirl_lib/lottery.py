@@ -46,6 +46,7 @@ from mirl_lib.train import TrainResult, train
 
 
 # catalog.csv: one row per point (the viewer reads the first seven; collapse counts after them)
+MOVED_ASIDE = ".replaced-"  # a point folder renamed to <folder>.replaced-<time> so its stage reruns
 CATALOG_RECORD_COLUMNS = ("seed", "strategy", "round", "remaining_all", "remaining_prunable",
                           "ticket", "mean_psnr", "total", "empty_tensors", "prunable_tensors",
                           "path_cut")
@@ -91,6 +92,12 @@ class Study:
     def point_dir(self, seed: int, strategy: str, rnd: int) -> Path:
         base = self.run_dir / f"seed_{seed}"
         return base / "dense" if strategy == "dense" else base / strategy / f"round_{rnd:02d}"
+
+    def point_files(self, name: str) -> list[Path]:
+        """Every live point's ``name`` file, sorted; folders moved aside by ``--force``
+        (``<folder>{MOVED_ASIDE}<time>``) are history, not results, and are left out."""
+        return [p for p in sorted(self.run_dir.glob(f"seed_*/**/{name}"))
+                if not any(MOVED_ASIDE in part for part in p.relative_to(self.run_dir).parts)]
 
     def is_done(self, seed: int, strategy: str, rnd: int) -> bool:
         return (self.point_dir(seed, strategy, rnd) / "point.json").is_file()
@@ -248,7 +255,7 @@ class Study:
     # ----- collecting ------------------------------------------------------------------------------
     def records(self) -> pd.DataFrame:
         """One row per finished point (the contents of every point.json)."""
-        rows = [json.loads(p.read_text()) for p in sorted(self.run_dir.glob("seed_*/**/point.json"))]
+        rows = [json.loads(p.read_text()) for p in self.point_files("point.json")]
         return pd.DataFrame(rows)
 
     def histories(self) -> pd.DataFrame:
@@ -260,13 +267,13 @@ class Study:
 
     def collect(self) -> pd.DataFrame:
         """Concatenate every point's metrics into ``metrics.csv`` and write ``catalog.csv``."""
-        frames = [pd.read_csv(p) for p in sorted(self.run_dir.glob("seed_*/**/metrics.csv"))]
+        frames = [pd.read_csv(p) for p in self.point_files("metrics.csv")]
         if not frames:
             raise ConfigError(f"{self.run_dir}: no finished points to collect")
         metrics = pd.concat(frames, ignore_index=True).sort_values(
             ["seed", "strategy", "round", "task", "dataset", "image"], kind="stable")
         atomic_write_text(metrics.to_csv(index=False), self.run_dir / "metrics.csv")
-        held = [pd.read_csv(p) for p in sorted(self.run_dir.glob("seed_*/**/heldout.csv"))]
+        held = [pd.read_csv(p) for p in self.point_files("heldout.csv")]
         if held:
             heldout = pd.concat(held, ignore_index=True).sort_values(
                 ["seed", "strategy", "round", "task", "dataset", "image"], kind="stable")

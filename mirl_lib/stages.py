@@ -31,7 +31,7 @@ import pandas as pd
 from mirl_lib.config import Config, TrainConfig, load_config
 from mirl_lib.errors import ConfigError, MirlError
 from mirl_lib.fileio import atomic_write_text
-from mirl_lib.lottery import Study
+from mirl_lib.lottery import MOVED_ASIDE, Study
 from mirl_lib.processes import Children, RunLock, kernel_env, kill_tree, module_command
 from mirl_lib.report import reproduction
 from mirl_lib.strategies import REGISTRY
@@ -106,7 +106,7 @@ def move_aside(study: Study, stage: Stage) -> list[Path]:
         for strategy, rnd in stage.points:
             folder = study.point_dir(seed, strategy, rnd)
             if folder.exists():
-                target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+                target = folder.with_name(f"{folder.name}{MOVED_ASIDE}{stamp}")
                 folder.rename(target)
                 moved.append(target)
     return moved

@@ -34,21 +34,24 @@ python=${PYTHON:-python}
 timeout -s INT "$limit" "$python" -m mirl_lib.stages points "$gpu_params" --results "$work/results" \
   --jobs "$jobs" > "$out/run.log" 2>&1
 echo "run exit $? after $(($(date +%s) - start)) s" | tee -a "$out/run.log"
-"$python" - "$work/results" "$out" <<'PY'
+"$python" - "$gpu_params" "$work/results" "$out" <<'PY'
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-runs = [p for p in Path(sys.argv[1]).iterdir() if p.is_dir()]
-out = Path(sys.argv[2])
-run = runs[0]
+from mirl_lib.config import load_config
+from mirl_lib.lottery import Study
+
+cfg = load_config(sys.argv[1])
+study = Study(cfg, Path(sys.argv[2]) / cfg.study.name)
+out = Path(sys.argv[3])
 for name in ("metrics.csv", "heldout.csv"):
-    parts = [pd.read_csv(p) for p in sorted(run.glob(f"seed_*/**/{name}"))]
+    parts = [pd.read_csv(p) for p in study.point_files(name)]
     if parts:
         pd.concat(parts, ignore_index=True).to_csv(out / name, index=False)
-points = [json.loads(p.read_text()) for p in sorted(run.glob("seed_*/**/point.json"))]
+points = [json.loads(p.read_text()) for p in study.point_files("point.json")]
 if points:
     table = pd.DataFrame(points)[["seed", "strategy", "round", "remaining_all", "mean_psnr",
                                   "train_seconds", "seconds"]]

@@ -209,3 +209,14 @@ def test_new_fields_at_their_default_keep_every_hash() -> None:
     renamed = load_config(PARAMS / "smoke.yaml", overrides={"data": {"denoise_test": ["CBSD68"]}})
     assert identity_changes(smoke, renamed) == [
         "data.denoise_test: ['BSD68', 'Urban100'] -> ['CBSD68']"]
+
+
+@pytest.mark.parametrize("name", ["default", "full"])
+def test_committed_runs_are_the_runs_of_their_params_files(name: str) -> None:
+    """The committed tier results come from today's params file: one config hash, the file's."""
+    import pandas as pd
+
+    metrics = PARAMS.parent / "results" / name / "metrics.csv"
+    hashes = set(pd.read_csv(metrics)["config_hash"])
+    assert hashes == {load_config(PARAMS / f"{name}.yaml").hash()}, (
+        f"results/{name} was made with {hashes}; rerun ./run_all.sh params/{name}.yaml")

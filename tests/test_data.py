@@ -333,3 +333,28 @@ def test_task_weights_give_each_task_its_share_of_every_cycle() -> None:
                          (dict(task_weights=(1,) * 5, sampling="published"), "balanced only")):
         with pytest.raises(ConfigError, match=f"data.task_weights: .*{message}"):
             DataConfig(**bad)
+
+
+def test_per_sample_haze_depth_draws_a_new_map_for_each_hazy_sample() -> None:
+    """``haze_depth: per_sample`` changes only the hazy samples of photos without measured depth
+    (up to the first such one, batches are those of ``fixed``); it stays a pure function of
+    (seed, step), and it is an identity field that leaves ``fixed`` configs' hashes alone."""
+    fixed = data.build_train_source(DataConfig(patch_size=48, bundled_train="natural"), seed=0)
+    fresh_cfg = DataConfig(patch_size=48, bundled_train="natural", haze_depth="per_sample")
+    fresh = data.build_train_source(fresh_cfg, seed=0)
+    assert "haze_depth" not in DataConfig().identity()
+    assert fresh_cfg.identity()["haze_depth"] == "per_sample"
+    dehaze = TASKS.index("dehaze")
+    changed = 0
+    for step in range(12):
+        a, b = fixed.batch(step, 10), fresh.batch(step, 10)
+        assert torch.equal(a[2], b[2])  # the same task order
+        first = [i for i in range(10) if not torch.equal(a[0][i], b[0][i])]
+        if first:  # the first sample that differs is a hazy one
+            assert int(a[2][first[0]]) == dehaze
+            changed += 1
+        again = data.build_train_source(fresh_cfg, seed=0).batch(step, 10)
+        assert all(torch.equal(x, y) for x, y in zip(b, again))
+    assert changed >= 6
+    with pytest.raises(ConfigError, match="data.haze_depth: must be one of 'fixed', 'per_sample'"):
+        DataConfig(haze_depth="random")

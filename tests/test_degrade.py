@@ -8,7 +8,7 @@ import pytest
 
 from mirl_lib.config import TASKS
 from mirl_lib.degrade import (HAZE_AIRLIGHT, HAZE_BETA, add_haze, add_noise, add_rain, degrade,
-                              depth_prior, image_seed, streak_kernel)
+                              depth_prior, depth_prior_window, image_seed, streak_kernel)
 from mirl_lib.errors import ConfigError
 
 
@@ -71,6 +71,20 @@ def test_depth_prior_range_and_far_top() -> None:
     depth = depth_prior(40, 30, np.random.default_rng(0))
     assert depth.shape == (40, 30) and depth.min() >= 0 and depth.max() <= 1
     assert depth[:5].mean() > depth[-5:].mean() + 0.4
+
+
+@pytest.mark.parametrize("height,width,top,left", [(427, 640, 100, 300), (512, 512, 0, 464),
+                                                   (480, 640, 432, 0), (49, 50, 1, 2)])
+def test_depth_prior_window_is_the_window_of_the_whole_photos_prior(height: int, width: int,
+                                                                      top: int, left: int) -> None:
+    """Computed on a coarse grid, the window matches the full-size prior drawn from the same
+    generator to within 1% of its range (its far top and near bottom included)."""
+    full = depth_prior(height, width, np.random.default_rng(5))[top:top + 48, left:left + 48]
+    window = depth_prior_window(height, width, top, left, 48, np.random.default_rng(5))
+    assert window.shape == (48, 48) and window.dtype == np.float32
+    assert np.abs(window - full).max() < 0.01
+    other = depth_prior_window(height, width, top, left, 48, np.random.default_rng(6))
+    assert np.abs(other - full).max() > 0.02  # another draw is another map
 
 
 def test_rain_only_brightens() -> None:

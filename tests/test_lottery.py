@@ -1,6 +1,7 @@
 """Each strategy of the study starts from the weights and mask it claims to (smoke setting)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ from mirl_lib import masks, pruning, strategies, tickets
 from mirl_lib.checkpoints import load_model
 from mirl_lib.config import load_config
 from mirl_lib.errors import ConfigError
-from mirl_lib.lottery import Study
+from mirl_lib.lottery import MOVED_ASIDE, Study
 from mirl_lib.strategies import RANDOM_MASK_SEED_OFFSET, REINIT_SEED_OFFSET
 from mirl_lib.model import build_model
 
@@ -201,3 +202,19 @@ def test_stages_out_of_order_fail_clearly(tmp_path: Path) -> None:
     run = Study(load_config(SMOKE), tmp_path / "fresh")
     with pytest.raises(ConfigError, match="has not been run yet"):
         run.run_point(0, "rewind", 1)
+
+
+def test_moved_aside_points_are_left_out_of_the_gathered_tables(study: Study) -> None:
+    """A point folder renamed by ``--force`` (``<folder>.replaced-<time>``) is history: collecting
+    again counts each point once, as before the copy was made."""
+    before = pd.read_csv(study.run_dir / "metrics.csv")
+    live = study.point_dir(0, "rewind", 1)
+    aside = live.with_name(f"{live.name}{MOVED_ASIDE}20260101-000000")
+    shutil.copytree(live, aside)
+    try:
+        assert all(MOVED_ASIDE not in str(p) for p in study.point_files("metrics.csv"))
+        assert len(study.records()) == len(study.points())
+        pd.testing.assert_frame_equal(study.collect(), before)
+    finally:
+        shutil.rmtree(aside)
+        study.collect()
