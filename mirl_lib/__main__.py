@@ -107,7 +107,7 @@ def reproduce_command(args: argparse.Namespace) -> None:
         if not path.is_file():
             raise DataError(f"{path}: no such file (a run's metrics.csv)")
         tables.append(pd.read_csv(path))
-    if args.output is not None and args.output.parent and not args.output.parent.is_dir():
+    if args.output is not None and not args.output.parent.is_dir():
         raise DataError(f"{args.output.parent}: no such folder for --output")
     hashes = [sorted(set(t["config_hash"].astype(str))) if "config_hash" in t else []
               for t in tables]

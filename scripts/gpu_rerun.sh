@@ -35,7 +35,6 @@ timeout -s INT "$limit" "$python" -m mirl_lib.stages points "$gpu_params" --resu
   --jobs "$jobs" > "$out/run.log" 2>&1
 echo "run exit $? after $(($(date +%s) - start)) s" | tee -a "$out/run.log"
 "$python" - "$gpu_params" "$work/results" "$out" <<'PY'
-import json
 import sys
 from pathlib import Path
 
@@ -51,12 +50,12 @@ for name in ("metrics.csv", "heldout.csv"):
     parts = [pd.read_csv(p) for p in study.point_files(name)]
     if parts:
         pd.concat(parts, ignore_index=True).to_csv(out / name, index=False)
-points = [json.loads(p.read_text()) for p in study.point_files("point.json")]
-if points:
-    table = pd.DataFrame(points)[["seed", "strategy", "round", "remaining_all", "mean_psnr",
-                                  "train_seconds", "seconds"]]
+records = study.records()
+if len(records):
+    table = records[["seed", "strategy", "round", "remaining_all", "mean_psnr", "train_seconds",
+                     "seconds"]]
     table.to_csv(out / "points.csv", index=False)
-    print(f"{len(points)} points finished; training seconds: median "
+    print(f"{len(table)} points finished; training seconds: median "
           f"{table['train_seconds'].median():.1f}, total {table['train_seconds'].sum():.0f}")
 PY
 tail -n 5 "$out/run.log"
