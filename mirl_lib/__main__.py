@@ -13,10 +13,11 @@ the checkpoint on the test sets of a params file with the study's protocol
 replacing it) and prints the paper's table. The output folder and the tiling are checked before
 the checkpoint is read.
 
-``python -m mirl_lib reproduce RERUN REFERENCE [-o reproduction.csv]``: does a rerun (its
-``metrics.csv``, e.g. from another machine or thread count) reproduce a reference run (e.g. the
-committed one) within noise? Prints ``report.reproduction``'s verdict line and writes its table.
-Exit code 0 either way; 2 when a file is missing or the two runs share no comparison.
+``python -m mirl_lib reproduce RERUN REFERENCE [-o reproduction.csv]``: does a rerun (its run
+folder or its ``metrics.csv``, e.g. from another machine or thread count) reproduce a reference run
+(e.g. the committed one) within noise, on the test photos and, when both runs have a
+``heldout.csv``, on the held-out photos? Prints ``report.reproduction``'s verdict line and writes
+its table. Exit code 0 either way; 2 when a file is missing or the two runs share no comparison.
 
 Errors (out of memory and a full disk included) print one ``error:`` line, exit code 2; Ctrl-C
 prints one line saying how to continue, exit code 130.
@@ -87,38 +88,43 @@ def _parser() -> argparse.ArgumentParser:
     headline.add_argument("run", type=Path, help="run folder holding metrics.csv, e.g. "
                                                  "results/default")
     reproduce = commands.add_parser(
-        "reproduce", help="compare a rerun's metrics.csv with a reference run's, within noise")
-    reproduce.add_argument("rerun", type=Path, help="the rerun's metrics.csv")
-    reproduce.add_argument("reference", type=Path, help="the reference (committed) metrics.csv")
+        "reproduce", help="compare a rerun with a reference run, within noise")
+    reproduce.add_argument("rerun", type=Path,
+                           help="the rerun: its run folder or its metrics.csv (a heldout.csv "
+                                "beside it is compared too when the reference has one)")
+    reproduce.add_argument("reference", type=Path,
+                           help="the reference (committed) run: its folder or its metrics.csv")
     reproduce.add_argument("-o", "--output", type=Path, default=None,
                            help="write the comparison table here (atomically)")
     return parser
 
 
 def reproduce_command(args: argparse.Namespace) -> None:
-    """Print ``report.reproduction``'s line for two metrics files; write its table to ``-o``."""
-    import pandas as pd
-
+    """Print ``report.reproduction``'s line for two runs (folders or ``metrics.csv`` files; the
+    ``heldout.csv`` beside each is compared too when both exist); write its table to ``-o``."""
     from mirl_lib.fileio import atomic_write_text
-    from mirl_lib.report import reproduction
+    from mirl_lib.report import reproduction, reproduction_inputs
 
-    tables = []
+    paths = []
     for path in (args.rerun, args.reference):
+        if path.is_dir():
+            path = path / "metrics.csv"
         if not path.is_file():
-            raise DataError(f"{path}: no such file (a run's metrics.csv)")
-        tables.append(pd.read_csv(path))
+            raise DataError(f"{path}: no such file (a run's metrics.csv, or its run folder)")
+        paths.append(path)
     if args.output is not None and not args.output.parent.is_dir():
         raise DataError(f"{args.output.parent}: no such folder for --output")
+    rerun, reference, heldout = reproduction_inputs(*paths)
     hashes = [sorted(set(t["config_hash"].astype(str))) if "config_hash" in t else []
-              for t in tables]
+              for t in (rerun, reference)]
     if hashes[0] != hashes[1]:
-        raise DataError(f"{args.rerun}: config hash {', '.join(hashes[0]) or 'none'} differs from "
-                        f"{args.reference}'s {', '.join(hashes[1]) or 'none'}: not a rerun of the "
+        raise DataError(f"{paths[0]}: config hash {', '.join(hashes[0]) or 'none'} differs from "
+                        f"{paths[1]}'s {', '.join(hashes[1]) or 'none'}: not a rerun of the "
                         f"same study")
-    table, line = reproduction(*tables)
+    table, line = reproduction(rerun, reference, heldout=heldout)
     comp = table[table["kind"] == "comparison"]
     if not (comp["reference_difference"].notna() & comp["rerun_difference"].notna()).any():
-        raise DataError(f"{args.rerun} and {args.reference} share no comparison")
+        raise DataError(f"{paths[0]} and {paths[1]} share no comparison")
     if args.output is not None:
         atomic_write_text(table.to_csv(index=False), args.output)
     print(line)

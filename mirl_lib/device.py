@@ -1,6 +1,7 @@
 """Pick the torch device a run uses: ``auto`` prefers CUDA, then Apple MPS, then the CPU."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -52,3 +53,20 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+# Environment variables that choose which float kernels run, and so the last bits of a result
+# (oneDNN's and MKL's instruction-set caps, ATen's vectorization level, the GPU's TF32 switch).
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+              "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "NVIDIA_TF32_OVERRIDE")
+
+
+def arithmetic(device: torch.device, threads: int) -> dict[str, str | int]:
+    """What computed a result, for its record (``point.json``): the machine (``device_name``),
+    torch's version, the CPU vector level torch dispatches to (``AVX2``, ``AVX512``, ...), the
+    intra-op threads that trained, and every ``KERNEL_ENV`` variable that is set (``NAME=value``,
+    space-separated; empty when none is). Two runs that differ here may differ in the last bits."""
+    return {"machine": device_name(device), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": int(threads),
+            "kernel_env": " ".join(f"{name}={os.environ[name]}" for name in KERNEL_ENV
+                                   if name in os.environ)}

@@ -9,7 +9,10 @@ Every trained network is a *point* ``(seed, strategy, round)`` with its own fold
 What each strategy is (its rounds, the points it requires, its mask and starting weights) is
 declared once, in ``mirl_lib.strategies``; ``Study`` keeps the run folder, runs points and collects
 their records. ``point.json`` is written last; a point whose ``point.json`` exists is skipped, and a
-point whose training was interrupted resumes from its ``state.pt``.
+point whose training was interrupted resumes from its ``state.pt``. Besides its sizes, collapse
+counts, mean PSNR and times, a point's record names what computed it (``device.arithmetic``: the
+machine, torch, the CPU vector level, threads and any kernel-choosing environment variable), so two
+runs that differ in the last bits say why.
 
 Seeds are replicates: path components (``seed_<s>``), not part of the run's identity. A run folder
 records its config in ``config.yaml``; a config whose identity (``Config.identity()``: everything
@@ -33,7 +36,7 @@ from mirl_lib import checkpoints, masks, pruning, strategies, tickets
 from mirl_lib.config import (Config, ModelConfig, PruneConfig, config_from_dict, identity_changes,
                              read_yaml)
 from mirl_lib.data import TestItem, build_train_source, load_test_set
-from mirl_lib.device import resolve_device
+from mirl_lib.device import arithmetic, resolve_device
 from mirl_lib.errors import ConfigError
 from mirl_lib.evaluate import evaluate
 from mirl_lib.fileio import atomic_write_text
@@ -236,7 +239,9 @@ class Study:
         record = {**meta, **extra, "mean_psnr": float(scores["psnr"].mean()),
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
                   "train_seconds": float(result.seconds), "seconds": time.time() - started,
-                  "ticket": str((folder / "ticket.mirl").relative_to(self.run_dir))}
+                  "ticket": str((folder / "ticket.mirl").relative_to(self.run_dir)),
+                  **arithmetic(resolve_device(cfg.train.device),
+                               cfg.train.threads or torch.get_num_threads())}
         record.pop("model_config")
         atomic_write_text(json.dumps(record, indent=2), folder / "point.json")
         return record

@@ -26,6 +26,12 @@ DENSE = strategies.DENSE[0]
 # A rerun's comparison mean within this many dB of the committed interval (or of the committed
 # mean) counts as inside: identical reruns must not fail on floating-point noise.
 REPRODUCTION_TOLERANCE_DB = 1e-6
+# The degraded input, as the ``b`` of a dense-gain comparison (``gain_comparisons``).
+INPUT = "input"
+# The two image sets a run is scored on: the bundled test photos (``metrics.csv``) and the
+# held-out check (``heldout.csv``); ``reproduction`` keeps them apart in its ``set`` column.
+TEST_SET, HELDOUT_SET = "test", "heldout"
+SET_WORDS = {TEST_SET: "on the test photos", HELDOUT_SET: "on the held-out photos"}
 # How a verdict of "ticket - X" reads before X in a sentence.
 SHORT = {"matches": "matches", "better": "better than", "worse": "worse than",
          "inconclusive": "inconclusive against"}
@@ -531,26 +537,37 @@ def compare_with_reference(current: pd.DataFrame, reference: pd.DataFrame) -> pd
     return both[[*keys, "remaining", "psnr_rerun", "psnr_reference", "difference"]]
 
 
-def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
-                 margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT, seed: int = 0,
-                 show: int = 3) -> tuple[pd.DataFrame, str]:
-    """Does a rerun (``current`` metrics) reproduce the committed run (``reference``)?
+def gain_comparisons(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB,
+                     n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """``dense_gains`` (PSNR) as comparison rows: ``a`` the dense network, ``b`` the degraded
+    input (``INPUT``), round 0, with the interval's verdict (the columns of ``stats.comparisons``
+    that the reproduction check reads: metric, round, remaining, a, b, task, difference, ci_low,
+    ci_high, verdict)."""
+    gains = dense_gains(metrics, n_boot, seed)
+    return pd.DataFrame({
+        "metric": "psnr", "round": 0, "remaining": 1.0, "a": DENSE, "b": INPUT,
+        "task": gains["task"].tolist(), "difference": gains["gain_db"].tolist(),
+        "ci_low": gains["gain_low"].tolist(), "ci_high": gains["gain_high"].tolist(),
+        "verdict": [stats.verdict(lo, hi, margin)
+                    for lo, hi in zip(gains["gain_low"], gains["gain_high"])]})
 
-    For every PSNR comparison of ``comparisons`` present in both: is the rerun's mean difference
-    inside the committed 95% interval, and is the verdict unchanged. Returns the table written to
-    ``reproduction.csv`` (``kind`` ``point``: per (seed, strategy, round, task) the raw PSNR
-    difference; ``kind`` ``comparison``: reference_difference, reference_ci_low/high,
-    rerun_difference, rerun_ci_low/high, inside, verdict_reference, verdict_rerun) and one line:
-    ``reproduced within noise: ...`` or ``NOT reproduced within noise: ...`` naming the first
-    ``show`` comparisons outside (farthest first).
-    """
-    points = compare_with_reference(current, reference).assign(kind="point")
+
+def _set_comparisons(current: pd.DataFrame, reference: pd.DataFrame, margin: float,
+                     n_boot: int, seed: int) -> pd.DataFrame:
+    """One image set's rows of ``reproduction``: every PSNR comparison and every dense gain of
+    the committed run beside the rerun's, with ``inside`` and ``verdict_unchanged``."""
     keys = ["metric", "round", "a", "b", "task"]
-    ref = comparisons(reference, margin, n_boot, seed, ("psnr",))
-    cur = comparisons(current, margin, n_boot, seed, ("psnr",))
     pick = ["remaining", "difference", "ci_low", "ci_high", "verdict"]
-    comp = ref[keys + pick].rename(columns={c: f"reference_{c}" for c in pick}).merge(
-        cur[keys + pick].rename(columns={c: f"rerun_{c}" for c in pick}), on=keys, how="outer")
+
+    def rows(table: pd.DataFrame) -> pd.DataFrame:
+        frames = [frame[keys + pick] for frame in
+                  (comparisons(table, margin, n_boot, seed, ("psnr",)),
+                   gain_comparisons(table, margin, n_boot, seed)) if len(frame)]
+        return (pd.concat(frames, ignore_index=True) if frames
+                else pd.DataFrame(columns=keys + pick))
+
+    comp = rows(reference).rename(columns={c: f"reference_{c}" for c in pick}).merge(
+        rows(current).rename(columns={c: f"rerun_{c}" for c in pick}), on=keys, how="outer")
     comp["remaining"] = comp["reference_remaining"].fillna(comp["rerun_remaining"])
     comp = comp.drop(columns=["reference_remaining", "rerun_remaining"]).rename(
         columns={"reference_verdict": "verdict_reference", "rerun_verdict": "verdict_rerun"})
@@ -560,36 +577,100 @@ def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
     comp["inside"] = present & (((lo - tol <= d) & (d <= hi + tol))
                                 | ((d - comp["reference_difference"]).abs() <= tol))
     comp["verdict_unchanged"] = present & (comp["verdict_reference"] == comp["verdict_rerun"])
-    comp["kind"] = "comparison"
+    return comp.assign(kind="comparison")
+
+
+def _named(row: Any) -> str:
+    """``round 12 (9.7%), rewind vs reinit, derain``, led by ``heldout:`` off the test set."""
+    where = "" if row.set == TEST_SET else f"{row.set}: "
+    return (f"{where}round {int(row['round'])} ({100 * row.remaining:.1f}%), {row.a} vs {row.b}, "
+            f"{row.task}")
+
+
+def _bars_note(sets: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
+    """Whether ``dense_bars`` reads the same for the rerun (index 0) as for the committed run."""
+    texts = [" ".join(dense_bars(dense_gains(sets[TEST_SET][i]),
+                                 dense_gains(sets[HELDOUT_SET][i]))) for i in (0, 1)]
+    if texts[0] == texts[1]:
+        return "; the dense network's bars read as committed"
+    return f"; the dense network's bars changed: committed \"{texts[1]}\", rerun \"{texts[0]}\""
+
+
+def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
+        pd.DataFrame, pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame] | None]:
+    """The tables ``report.reproduction`` compares, read from two ``metrics.csv`` files: the
+    rerun's and the reference's metrics and, when both have a ``heldout.csv`` beside them, the
+    two held-out tables (else ``None``)."""
+    held = [path.with_name("heldout.csv") for path in (rerun, reference)]
+    heldout = (tuple(pd.read_csv(path) for path in held)
+               if all(path.is_file() for path in held) else None)
+    return pd.read_csv(rerun), pd.read_csv(reference), heldout
+
+
+def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
+                 margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT, seed: int = 0,
+                 show: int = 3, heldout: tuple[pd.DataFrame, pd.DataFrame] | None = None
+                 ) -> tuple[pd.DataFrame, str]:
+    """Does a rerun (``current`` metrics) reproduce the committed run (``reference``)?
+
+    For every PSNR comparison of ``comparisons`` and every dense gain over the degraded input
+    (``gain_comparisons``) present in both: is the rerun's mean difference inside the committed
+    95% interval, and is the verdict unchanged. ``heldout`` (the rerun's and the committed run's
+    ``heldout.csv``) adds the same rows for the held-out photos (``set`` ``heldout``; the test
+    photos are ``set`` ``test``) and says whether the dense network's bars (``dense_bars``) read
+    as committed. Returns the table written to ``reproduction.csv`` (``kind`` ``point``: per
+    (set, seed, strategy, round, task) the raw PSNR difference; ``kind`` ``comparison``:
+    reference_difference, reference_ci_low/high, rerun_difference, rerun_ci_low/high, inside,
+    verdict_reference, verdict_rerun, verdict_unchanged) and one line: ``reproduced within
+    noise: ...`` or ``NOT reproduced within noise: ...`` naming the first ``show`` comparisons
+    outside (farthest first) and the first ``show`` verdicts that changed.
+    """
+    sets = {TEST_SET: (current, reference)}
+    if heldout is not None:
+        sets[HELDOUT_SET] = heldout
+    points = pd.concat([compare_with_reference(cur, ref).assign(kind="point", set=name)
+                        for name, (cur, ref) in sets.items()], ignore_index=True)
+    comp = pd.concat([_set_comparisons(cur, ref, margin, n_boot, seed).assign(set=name)
+                      for name, (cur, ref) in sets.items()], ignore_index=True)
     table = pd.concat([points, comp], ignore_index=True)
-    first = ["kind", "metric", "seed", "strategy", "round", "remaining", "a", "b", "task"]
+    first = ["kind", "set", "metric", "seed", "strategy", "round", "remaining", "a", "b", "task"]
     table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
 
+    present = comp["rerun_difference"].notna() & comp["reference_difference"].notna()
     both = comp[present]
     total = len(both)
-    max_point = points["difference"].abs().max()
-    point_note = ("point means: max |ΔPSNR| = n/a" if pd.isna(max_point)
-                  else f"point means: max |ΔPSNR| = {max_point:.3f} dB")
-    unchanged = int(both["verdict_unchanged"].sum())
+    moved = points.loc[points["set"] == TEST_SET, "difference"].abs()
+    point_note = ("point means: max |ΔPSNR| = n/a" if moved.isna().all()
+                  else f"point means: max |ΔPSNR| = {moved.max():.3f} dB")
     only_one = int((~present).sum())
     extra = (f"; {only_one} comparison{'s' if only_one != 1 else ''} in only one of the two runs"
              if only_one else "")
     if total == 0:
         return table, (f"nothing to compare: the rerun and the committed run share no comparison "
                        f"({point_note}){extra}.")
+    counts = both["set"].value_counts()
+    split = ("" if len(sets) == 1 else " (" + ", ".join(
+        f"{int(counts.get(name, 0))} {SET_WORDS[name]}" for name in sets) + ")")
+    unchanged = int(both["verdict_unchanged"].sum())
+    changed = both[~both["verdict_unchanged"]]
+    flips = ("" if changed.empty else ": " + "; ".join(
+        f"{_named(r)} {r.verdict_reference} → {r.verdict_rerun}"
+        for _, r in changed.head(show).iterrows())
+        + (f"; and {len(changed) - show} more" if len(changed) > show else ""))
+    verdicts = f"{unchanged}/{total} verdicts unchanged{flips}"
+    bars = _bars_note(sets) if heldout is not None else ""
     outside = both[~both["inside"]]
     if outside.empty:
-        return table, (f"reproduced within noise: all {total} rerun comparison means lie inside "
-                       f"the committed 95% intervals, {unchanged}/{total} verdicts unchanged "
-                       f"({point_note}){extra}.")
+        return table, (f"reproduced within noise: all {total} rerun comparison means{split} lie "
+                       f"inside the committed 95% intervals, {verdicts} ({point_note}){extra}"
+                       f"{bars}.")
     distance = np.maximum(outside["reference_ci_low"] - outside["rerun_difference"],
                           outside["rerun_difference"] - outside["reference_ci_high"])
     outside = outside.assign(_distance=distance).sort_values("_distance", ascending=False)
-    named = [f"round {int(r['round'])} ({100 * r.remaining:.1f}%), {r.a} vs {r.b}, {r.task}: "
-             f"committed {r.reference_difference:+.2f} [{r.reference_ci_low:+.2f}, "
+    named = [f"{_named(r)}: committed {r.reference_difference:+.2f} [{r.reference_ci_low:+.2f}, "
              f"{r.reference_ci_high:+.2f}], rerun {r.rerun_difference:+.2f}"
              for _, r in outside.head(show).iterrows()]
     more = f"; and {len(outside) - show} more" if len(outside) > show else ""
-    return table, (f"NOT reproduced within noise: {len(outside)} of {total} comparisons outside "
-                   f"the committed intervals: " + "; ".join(named) + more
-                   + f" ({unchanged}/{total} verdicts unchanged; {point_note}){extra}.")
+    return table, (f"NOT reproduced within noise: {len(outside)} of {total} comparisons{split} "
+                   f"outside the committed intervals: " + "; ".join(named) + more
+                   + f" ({verdicts}; {point_note}){extra}{bars}.")

@@ -4,7 +4,8 @@
 every stage notebook in order, saving each executed notebook under ``<run>/notebooks/``. A stage
 whose artifacts exist is skipped; ``--force`` moves a stage's points aside (nothing is deleted) and
 runs it again. At the end the run's numbers are compared with the reference copy of the committed
-results (``<run>/reference/metrics.csv``, taken before the first stage overwrote them).
+results (``<run>/reference/metrics.csv`` and ``heldout.csv``, taken before the first stage
+overwrote them), on the test photos and on the held-out photos.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ import pandas as pd
 
 from mirl_lib.config import Config, TrainConfig, load_config
 from mirl_lib.errors import ConfigError, MirlError
-from mirl_lib.fileio import atomic_write_text
+from mirl_lib.fileio import atomic_write_bytes, atomic_write_text
 from mirl_lib.lottery import MOVED_ASIDE, Study
 from mirl_lib.processes import Children, RunLock, kernel_env, kill_tree, module_command
-from mirl_lib.report import reproduction
+from mirl_lib.report import reproduction, reproduction_inputs
 from mirl_lib.strategies import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,27 +113,35 @@ def move_aside(study: Study, stage: Stage) -> list[Path]:
     return moved
 
 
-def keep_reference(study: Study) -> Path | None:
-    """Copy the committed ``metrics.csv`` to ``reference/`` once, before this run replaces it.
+# What ``keep_reference`` copies, in this order: ``metrics.csv`` last, so that its presence in
+# ``reference/`` means the copy is complete.
+REFERENCE_FILES = ("heldout.csv", "metrics.csv")
 
-    The copy is what ``reproduction_report`` compares the rerun with; it is taken only when no
-    reference exists yet, so a run resumed or rerun later still compares with the committed run.
+
+def keep_reference(study: Study) -> Path | None:
+    """Copy the committed ``metrics.csv`` and ``heldout.csv`` to ``reference/`` once, before this
+    run replaces them.
+
+    The copies are what ``reproduction_report`` compares the rerun with; they are taken only when
+    no reference exists yet, so a run resumed or rerun later still compares with the committed
+    run. Each file is written atomically; ``metrics.csv`` comes last.
     """
-    current = study.run_dir / "metrics.csv"
-    reference = study.run_dir / "reference" / "metrics.csv"
-    if current.is_file() and not reference.exists():
-        reference.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(current, reference)
-    return reference if reference.is_file() else None
+    reference = study.run_dir / "reference"
+    if (study.run_dir / "metrics.csv").is_file() and not (reference / "metrics.csv").exists():
+        for name in REFERENCE_FILES:
+            if (study.run_dir / name).is_file():
+                atomic_write_bytes((study.run_dir / name).read_bytes(), reference / name)
+    return reference / "metrics.csv" if (reference / "metrics.csv").is_file() else None
 
 
 def reproduction_report(study: Study) -> str:
     """Does this run reproduce the reference (committed) run within noise? One line.
 
-    Every comparison of ``report.comparisons`` (PSNR) is computed on both runs: the rerun's
-    difference must lie inside the committed 95% interval, and the verdicts are compared.
-    ``<run>/reproduction.csv`` gets the comparison rows and, per (seed, strategy, round, task),
-    the raw PSNR differences (``report.reproduction``).
+    Every PSNR comparison of ``report.comparisons`` and every dense gain, on the test photos and,
+    when both runs have a ``heldout.csv``, on the held-out photos, is computed on both runs: the
+    rerun's difference must lie inside the committed 95% interval, and the verdicts are compared.
+    ``<run>/reproduction.csv`` gets the comparison rows and, per (set, seed, strategy, round,
+    task), the raw PSNR differences (``report.reproduction``).
     """
     reference = study.run_dir / "reference" / "metrics.csv"
     current = study.run_dir / "metrics.csv"
@@ -140,7 +149,8 @@ def reproduction_report(study: Study) -> str:
         return "No committed reference results to compare with (this run is the first)."
     if not current.is_file():
         return f"{current}: not written yet (the evaluation stage has not run); nothing to compare."
-    table, line = reproduction(pd.read_csv(current), pd.read_csv(reference))
+    rerun, committed, heldout = reproduction_inputs(current, reference)
+    table, line = reproduction(rerun, committed, heldout=heldout)
     atomic_write_text(table.to_csv(index=False), study.run_dir / "reproduction.csv")
     return f"Against the committed results: {line}"
 

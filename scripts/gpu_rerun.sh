@@ -9,7 +9,7 @@
 # ./run_all.sh without notebooks: a GPU image need not have Jupyter), JOBS stages at a time.
 # OUT_DIR gets gpu.csv, run.log, points.csv (each point's seconds), metrics.csv and heldout.csv
 # (gathered from the points that finished, also when LIMIT_S stopped the run). Then, here:
-#   python -m mirl_lib reproduce OUT_DIR/metrics.csv results/NAME/metrics.csv -o CSV
+#   python -m mirl_lib reproduce OUT_DIR results/NAME -o CSV    (test and held-out photos)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 params=${1:?usage: scripts/gpu_rerun.sh PARAMS OUT_DIR [JOBS] [LIMIT_S]}

@@ -135,6 +135,27 @@ def test_small_dense_has_the_tickets_parameter_count(study: Study) -> None:
         assert small["init_seed"] == strategies.SMALL_DENSE_SEED_OFFSET
 
 
+def test_every_point_records_what_computed_it(study: Study) -> None:
+    from mirl_lib.device import arithmetic
+    records = study.records()
+    here = arithmetic(torch.device("cpu"), study.cfg.train.threads or torch.get_num_threads())
+    for column, value in here.items():
+        assert (records[column].fillna("") == value).all(), column
+    assert here["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+
+
+def test_arithmetic_names_the_kernel_choosing_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirl_lib.device import KERNEL_ENV, arithmetic
+    for name in KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert arithmetic(torch.device("cpu"), 3)["kernel_env"] == ""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    record = arithmetic(torch.device("cpu"), 3)
+    assert record["kernel_env"] == "ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default"
+    assert record["threads"] == 3 and record["torch"] == torch.__version__
+
+
 def test_every_point_records_collapse_and_is_scored_on_the_heldout_photos(study: Study) -> None:
     records = study.records()
     assert {"empty_tensors", "prunable_tensors", "path_cut"} <= set(records.columns)

@@ -173,7 +173,10 @@ def test_reproduction_of_an_identical_rerun() -> None:
     table, line = reproduction(data, data.copy(), n_boot=300)
     comps = table[table["kind"] == "comparison"]
     n = len(comps)
-    assert n == 5 * 3  # 5 comparisons × (2 tasks + all-in-one)
+    assert n == 6 * 3  # (5 comparisons + the dense gain) × (2 tasks + all-in-one)
+    assert set(comps["set"]) == {"test"}
+    gains = comps[comps["b"] == report.INPUT]
+    assert len(gains) == 3 and (gains["a"] == "dense").all()
     assert line == (f"reproduced within noise: all {n} rerun comparison means lie inside the "
                     f"committed 95% intervals, {n}/{n} verdicts unchanged (point means: "
                     f"max |ΔPSNR| = 0.000 dB).")
@@ -192,13 +195,81 @@ def test_reproduction_names_a_comparison_far_outside() -> None:
     rerun.loc[moved, "psnr"] += 3.0
     rerun.loc[rerun["strategy"] == "dense", "psnr"] += 1e-4  # noise well inside
     table, line = reproduction(rerun, reference, n_boot=300)
-    assert line.startswith("NOT reproduced within noise: 2 of 15 comparisons outside the "
+    assert line.startswith("NOT reproduced within noise: 2 of 18 comparisons outside the "
                            "committed intervals: round 2 (64.0%), rewind vs reinit, derain: "
                            "committed +")
     assert "rewind vs reinit, all-in-one" in line and ", rerun -" in line
-    assert "verdicts unchanged; point means: max |ΔPSNR| = 3.000 dB" in line
+    assert ("(16/18 verdicts unchanged: round 2 (64.0%), rewind vs reinit, all-in-one better → "
+            "worse; round 2 (64.0%), rewind vs reinit, derain better → worse; point means: "
+            "max |ΔPSNR| = 3.000 dB)") in line
     outside = table[(table["kind"] == "comparison") & ~table["inside"].astype(bool)]
     assert set(outside["b"]) == {"reinit"}
+
+
+def test_reproduction_checks_the_dense_gain() -> None:
+    """A rerun whose dense network gains 3 dB less over the degraded input is outside, though
+    every ticket − X difference moved with it and stays inside."""
+    reference = metrics((0, 1), -0.5)
+    rerun = reference.assign(psnr=reference["psnr"] - 3.0)
+    table, line = reproduction(rerun, reference, n_boot=300)
+    assert line.startswith("NOT reproduced within noise: 3 of 18 comparisons outside")
+    assert "round 0 (100.0%), dense vs input, " in line
+    outside = table[(table["kind"] == "comparison") & ~table["inside"].astype(bool)]
+    assert set(outside["b"]) == {report.INPUT}
+    assert outside["rerun_difference"].to_numpy() == pytest.approx(
+        outside["reference_difference"].to_numpy() - 3.0)
+
+
+def test_reproduction_covers_the_heldout_photos() -> None:
+    """With both runs' held-out tables: their comparisons are counted apart (``set``), a
+    held-out comparison outside and its changed verdict are named, and a dense network that no
+    longer beats the input on a held-out task changes the bars' sentence."""
+    reference, held = metrics((0, 1), -0.5), metrics((0, 1), -0.5)
+    same, line = reproduction(reference.copy(), reference, n_boot=300,
+                              heldout=(held.copy(), held))
+    comps = same[same["kind"] == "comparison"]
+    assert comps.groupby("set").size().to_dict() == {"heldout": 18, "test": 18}
+    assert set(same.loc[same["kind"] == "point", "set"]) == {"heldout", "test"}
+    assert line.startswith("reproduced within noise: all 36 rerun comparison means (18 on the "
+                           "test photos, 18 on the held-out photos) lie inside the committed "
+                           "95% intervals, 36/36 verdicts unchanged")
+    assert line.endswith("; the dense network's bars read as committed.")
+
+    moved = held.copy()
+    ticket = (moved["strategy"] == "rewind") & (moved["round"] == 2)
+    moved.loc[ticket, "psnr"] += 3.0
+    table, line = reproduction(reference.copy(), reference, n_boot=300, heldout=(moved, held))
+    assert line.startswith("NOT reproduced within noise: ")
+    assert "comparisons (18 on the test photos, 18 on the held-out photos) outside" in line
+    assert "outside the committed intervals: heldout: round 2 (64.0%), rewind vs reinit, " in line
+    assert ("verdicts unchanged: heldout: round 2 (64.0%), rewind vs dense, all-in-one worse → "
+            "better; ") in line
+    outside = table[(table["kind"] == "comparison") & ~table["inside"].astype(bool)]
+    assert set(outside["set"]) == {"heldout"}
+
+    lost = held.copy()
+    lost.loc[(lost["strategy"] == "dense") & (lost["task"] == "derain"), "psnr"] = 15.0
+    _, line = reproduction(reference.copy(), reference, n_boot=300, heldout=(lost, held))
+    assert ("the dense network's bars changed: committed \"" in line
+            and "beats the degraded input on 2 of 2 tasks." in line
+            and "beats the degraded input on 1 of 2 tasks (not on derain).\"." in line)
+
+
+def test_keep_reference_copies_both_tables_once(tmp_path: Path) -> None:
+    from mirl_lib.stages import keep_reference, reproduction_report
+    study = SimpleNamespace(run_dir=tmp_path)
+    data, held = metrics((0,), -0.5), metrics((0,), -0.5)
+    data.to_csv(tmp_path / "metrics.csv", index=False)
+    held.to_csv(tmp_path / "heldout.csv", index=False)
+    assert keep_reference(study) == tmp_path / "reference" / "metrics.csv"
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["heldout.csv",
+                                                                          "metrics.csv"]
+    held.assign(psnr=held["psnr"] + 5.0).to_csv(tmp_path / "heldout.csv", index=False)
+    keep_reference(study)  # a resumed run: the committed copy stays
+    assert pd.read_csv(tmp_path / "reference" / "heldout.csv")["psnr"].equals(held["psnr"])
+    line = reproduction_report(study)
+    assert line.startswith("Against the committed results: NOT reproduced within noise: ")
+    assert "on the held-out photos) outside" in line
 
 
 def test_reproduction_report_writes_the_csv(tmp_path: Path) -> None:
@@ -288,9 +359,18 @@ def test_reproduce_command_compares_two_files(tmp_path: Path, capsys) -> None:
     out = tmp_path / "reproduction.csv"
     assert main(["reproduce", str(tmp_path / "rerun.csv"), str(tmp_path / "ref.csv"),
                  "-o", str(out)]) == 0
-    assert capsys.readouterr().out.startswith("NOT reproduced within noise: 2 of 15 comparisons")
+    assert capsys.readouterr().out.startswith("NOT reproduced within noise: 2 of 18 comparisons")
     assert set(pd.read_csv(out)["kind"]) == {"point", "comparison"}
     out.unlink()
+    for run in ("rerun", "ref"):  # run folders, each with its held-out table
+        (tmp_path / run).mkdir()
+        (rerun if run == "rerun" else reference).to_csv(tmp_path / run / "metrics.csv",
+                                                        index=False)
+        reference.to_csv(tmp_path / run / "heldout.csv", index=False)
+    assert main(["reproduce", str(tmp_path / "rerun"), str(tmp_path / "ref")]) == 0
+    assert capsys.readouterr().out.startswith(
+        "NOT reproduced within noise: 2 of 36 comparisons (18 on the test photos, 18 on the "
+        "held-out photos) outside")
     other = reference.assign(config_hash="def")
     other.to_csv(tmp_path / "other.csv", index=False)
     for argv, message in (([str(tmp_path / "nope.csv"), str(tmp_path / "ref.csv")],
