@@ -537,13 +537,11 @@ def compare_with_reference(current: pd.DataFrame, reference: pd.DataFrame) -> pd
     return both[[*keys, "remaining", "psnr_rerun", "psnr_reference", "difference"]]
 
 
-def gain_comparisons(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB,
-                     n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """``dense_gains`` (PSNR) as comparison rows: ``a`` the dense network, ``b`` the degraded
+def gain_comparisons(gains: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB) -> pd.DataFrame:
+    """A ``dense_gains`` table (PSNR) as comparison rows: ``a`` the dense network, ``b`` the degraded
     input (``INPUT``), round 0, with the interval's verdict (the columns of ``stats.comparisons``
     that the reproduction check reads: metric, round, remaining, a, b, task, difference, ci_low,
     ci_high, verdict)."""
-    gains = dense_gains(metrics, n_boot, seed)
     return pd.DataFrame({
         "metric": "psnr", "round": 0, "remaining": 1.0, "a": DENSE, "b": INPUT,
         "task": gains["task"].tolist(), "difference": gains["gain_db"].tolist(),
@@ -552,22 +550,24 @@ def gain_comparisons(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_D
                     for lo, hi in zip(gains["gain_low"], gains["gain_high"])]})
 
 
-def _set_comparisons(current: pd.DataFrame, reference: pd.DataFrame, margin: float,
-                     n_boot: int, seed: int) -> pd.DataFrame:
+def _set_comparisons(current: pd.DataFrame, reference: pd.DataFrame,
+                     gains: tuple[pd.DataFrame, pd.DataFrame], margin: float, n_boot: int,
+                     seed: int) -> pd.DataFrame:
     """One image set's rows of ``reproduction``: every PSNR comparison and every dense gain of
-    the committed run beside the rerun's, with ``inside`` and ``verdict_unchanged``."""
+    the committed run beside the rerun's (``gains``: their ``dense_gains``, rerun first), with
+    ``inside`` and ``verdict_unchanged``."""
     keys = ["metric", "round", "a", "b", "task"]
     pick = ["remaining", "difference", "ci_low", "ci_high", "verdict"]
 
-    def rows(table: pd.DataFrame) -> pd.DataFrame:
+    def rows(table: pd.DataFrame, table_gains: pd.DataFrame) -> pd.DataFrame:
         frames = [frame[keys + pick] for frame in
                   (comparisons(table, margin, n_boot, seed, ("psnr",)),
-                   gain_comparisons(table, margin, n_boot, seed)) if len(frame)]
+                   gain_comparisons(table_gains, margin)) if len(frame)]
         return (pd.concat(frames, ignore_index=True) if frames
                 else pd.DataFrame(columns=keys + pick))
 
-    comp = rows(reference).rename(columns={c: f"reference_{c}" for c in pick}).merge(
-        rows(current).rename(columns={c: f"rerun_{c}" for c in pick}), on=keys, how="outer")
+    comp = rows(reference, gains[1]).rename(columns={c: f"reference_{c}" for c in pick}).merge(
+        rows(current, gains[0]).rename(columns={c: f"rerun_{c}" for c in pick}), on=keys, how="outer")
     comp["remaining"] = comp["reference_remaining"].fillna(comp["rerun_remaining"])
     comp = comp.drop(columns=["reference_remaining", "rerun_remaining"]).rename(
         columns={"reference_verdict": "verdict_reference", "rerun_verdict": "verdict_rerun"})
@@ -587,10 +587,9 @@ def _named(row: Any) -> str:
             f"{row.task}")
 
 
-def _bars_note(sets: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
+def _bars_note(gains: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
     """Whether ``dense_bars`` reads the same for the rerun (index 0) as for the committed run."""
-    texts = [" ".join(dense_bars(dense_gains(sets[TEST_SET][i]),
-                                 dense_gains(sets[HELDOUT_SET][i]))) for i in (0, 1)]
+    texts = [" ".join(dense_bars(gains[TEST_SET][i], gains[HELDOUT_SET][i])) for i in (0, 1)]
     if texts[0] == texts[1]:
         return "; the dense network's bars read as committed"
     return f"; the dense network's bars changed: committed \"{texts[1]}\", rerun \"{texts[0]}\""
@@ -630,8 +629,10 @@ def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
         sets[HELDOUT_SET] = heldout
     points = pd.concat([compare_with_reference(cur, ref).assign(kind="point", set=name)
                         for name, (cur, ref) in sets.items()], ignore_index=True)
-    comp = pd.concat([_set_comparisons(cur, ref, margin, n_boot, seed).assign(set=name)
-                      for name, (cur, ref) in sets.items()], ignore_index=True)
+    gains = {name: (dense_gains(cur, n_boot, seed), dense_gains(ref, n_boot, seed))
+             for name, (cur, ref) in sets.items()}
+    comp = pd.concat([_set_comparisons(cur, ref, gains[name], margin, n_boot, seed)
+                      .assign(set=name) for name, (cur, ref) in sets.items()], ignore_index=True)
     table = pd.concat([points, comp], ignore_index=True)
     first = ["kind", "set", "metric", "seed", "strategy", "round", "remaining", "a", "b", "task"]
     table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
@@ -658,7 +659,7 @@ def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
         for _, r in changed.head(show).iterrows())
         + (f"; and {len(changed) - show} more" if len(changed) > show else ""))
     verdicts = f"{unchanged}/{total} verdicts unchanged{flips}"
-    bars = _bars_note(sets) if heldout is not None else ""
+    bars = _bars_note(gains) if heldout is not None else ""
     outside = both[~both["inside"]]
     if outside.empty:
         return table, (f"reproduced within noise: all {total} rerun comparison means{split} lie "
