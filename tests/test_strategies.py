@@ -48,7 +48,8 @@ def test_registry_declares_every_strategy_once() -> None:
 
 
 def test_default_study_dependencies_are_what_each_strategy_reads() -> None:
-    study = open_study(PARAMS / "default.yaml", "/nonexistent")
+    study = open_study(PARAMS / "default.yaml", "/nonexistent",
+                       {"study": {"seeds": [0], "branch_remaining": [0.5, 0.2, 0.1]}})
     deps = dependencies(study, stage_list(study))
     rounds = [f"round_{r:02d}" for r in study.branch_rounds()]
     assert study.branch_rounds() == [3, 8, 12]
@@ -64,7 +65,7 @@ def test_default_study_dependencies_are_what_each_strategy_reads() -> None:
         assert deps[f"branch_finetune_{r:02d}"] == {"dense", trunk, f"round_{r - 1:02d}"}
         assert deps[f"branch_small_dense_{r:02d}"] == set()  # sized from exact counts
     chains = open_study(PARAMS / "default.yaml", "/nonexistent",
-                        {"study": {"branches": ["finetune_chain", "late_rewind_chain"]}})
+                        {"study": {"seeds": [0], "branches": ["finetune_chain", "late_rewind_chain"]}})
     chain_deps = dependencies(chains, stage_list(chains))
     assert chain_deps["branch_finetune_chain_01"] == {"dense"}
     assert chain_deps["branch_finetune_chain_05"] == {"dense", "branch_finetune_chain_04"}
@@ -328,7 +329,8 @@ def test_ground_floor_imports_no_torch() -> None:
 
 
 def test_several_seeds_run_as_independent_stages_that_wait_only_for_their_own_seed() -> None:
-    study = open_study(PARAMS / "default.yaml", "/nonexistent", {"study": {"seeds": [0, 1, 2]}})
+    study = open_study(PARAMS / "default.yaml", "/nonexistent",
+                       {"study": {"seeds": [0, 1, 2], "branch_remaining": [0.5, 0.2, 0.1]}})
     stages = stage_list(study)
     names = [s.name for s in stages]
     assert names[:4] == ["data", "dense_seed0", "dense_seed1", "dense_seed2"]
