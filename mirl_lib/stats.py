@@ -33,7 +33,10 @@ a study may pass its own):
 every trunk round against the dense network, and at every round where another strategy ran the
 ticket against that strategy, for PSNR (and SSIM), per task and all-in-one.
 
-This module needs numpy and pandas only (no torch), so the report can be built anywhere.
+``chance_misses`` says how many of ``n`` such 95% intervals a rerun may leave by chance alone
+(the reproduction check's allowance; ``report.reproduction``).
+
+This module needs numpy, pandas and scipy only (no torch), so the report can be built anywhere.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from mirl_lib.config import TASKS
 
@@ -71,6 +75,22 @@ def verdict(lo: float, hi: float, margin: float = EQUIVALENCE_MARGIN_DB) -> str:
     if hi < 0:
         return "worse"
     return "inconclusive"
+
+
+def chance_misses(n: int, level: float = LEVEL, confidence: float = LEVEL) -> int:
+    """How many of ``n`` values may fall outside their ``level`` intervals by chance alone.
+
+    Each ``level`` interval misses with probability ``1 - level``, so the count of misses among
+    ``n`` independent comparisons is Binomial(n, 1 - level); this returns its ``confidence``
+    quantile, the smallest ``k`` with P(misses <= k) >= ``confidence``:
+    ``chance_misses(18) == 3``, ``chance_misses(228) == 17``, ``chance_misses(0) == 0``.
+    Comparisons that share a network miss together (a rerun's dense network moves every
+    "ticket vs dense" row), which makes the count more variable than the binomial: the allowance
+    is then strict rather than lenient.
+    """
+    if n <= 0:
+        return 0
+    return int(binom.ppf(confidence, n, 1.0 - level))
 
 
 def _task_order(tasks: Sequence[str]) -> list[str]:
