@@ -23,3 +23,31 @@ def test_every_readme_headline_block_is_generated_from_its_committed_run() -> No
         assert text == headline(pd.read_csv(metrics)), (
             f"the README's headline for results/{run} is not what report.headline computes from "
             f"its metrics.csv; regenerate it: python -m mirl_lib headline results/{run}")
+
+
+RERUN_LINES = sorted(path.parent.relative_to(REPO).as_posix()
+                     for path in (REPO / "results").glob("*/rerun_*/reproduction.txt"))
+
+
+def test_committed_reruns_exist_for_both_tiers() -> None:
+    assert {Path(rerun).parts[1] for rerun in RERUN_LINES} >= {"full"}
+
+
+@pytest.mark.parametrize("rerun", RERUN_LINES)
+def test_a_committed_rerun_line_is_what_the_check_computes_and_the_readme_quotes_it(
+        rerun: str) -> None:
+    """``results/<tier>/rerun_*/reproduction.txt`` is ``report.reproduction`` of that rerun against
+    its tier's committed run (never typed in), and the README quotes its verdict (e.g.
+    "reproduced within noise: 15 of 228 comparisons ... miss by chance")."""
+    from mirl_lib.report import reproduction, reproduction_inputs
+
+    folder = REPO / rerun
+    current, reference, heldout = reproduction_inputs(folder / "metrics.csv",
+                                                      folder.parent / "metrics.csv")
+    _, line = reproduction(current, reference, heldout=heldout)
+    assert (folder / "reproduction.txt").read_text().strip() == line, (
+        f"{rerun}/reproduction.txt is stale; rewrite it: python -m mirl_lib reproduce {rerun} "
+        f"{folder.parent.relative_to(REPO)}")
+    verdict = re.match(r".*?by chance" if "by chance" in line else r".*?intervals", line).group(0)
+    assert verdict in " ".join((REPO / "README.md").read_text().split()), (
+        f"the README does not quote {rerun}'s verdict: {verdict!r}")
