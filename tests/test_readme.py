@@ -30,7 +30,7 @@ RERUN_LINES = sorted(path.parent.relative_to(REPO).as_posix()
 
 
 def test_committed_reruns_exist_for_both_tiers() -> None:
-    assert {Path(rerun).parts[1] for rerun in RERUN_LINES} >= {"full"}
+    assert {Path(rerun).parts[1] for rerun in RERUN_LINES} >= {"default", "full"}
 
 
 @pytest.mark.parametrize("rerun", RERUN_LINES)
