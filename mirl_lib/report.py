@@ -132,12 +132,31 @@ def _psnr_overall(comps: pd.DataFrame) -> pd.DataFrame:
     return comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)]
 
 
+def _stated(comps: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
+    """What the headline speaks of (all-in-one PSNR): the rows against the dense network in
+    round order, and at each branch round the rows against every other strategy, indexed by
+    ``b`` in display order."""
+    overall = _psnr_overall(comps)
+    vs_dense = overall[overall["b"] == DENSE].sort_values("round")
+    branches = {}
+    for rnd in branch_rounds(overall, "b"):
+        at = overall[(overall["round"] == rnd) & (overall["b"] != DENSE)]
+        if len(at):
+            branches[rnd] = at.set_index("b").loc[_ordered(list(at["b"]))]
+    return vs_dense, branches
+
+
+def _tally(vs_dense: pd.DataFrame) -> str:
+    """``9 better, 3 inconclusive``: the verdicts of the trunk rounds against the dense network."""
+    counts = vs_dense["verdict"].value_counts()
+    return ", ".join(f"{int(counts[v])} {v}" for v in stats.VERDICTS if v in counts)
+
+
 def answer(comps: pd.DataFrame) -> list[str]:
     """The study's answer as sentences, chosen by the verdicts of ``comparisons`` (all-in-one
     PSNR): the deepest ticket against the dense network; the sparsest trunk round that matches it
     (or that none does); at each branch round, the ticket against each ablation and control."""
-    overall = _psnr_overall(comps)
-    vs_dense = overall[overall["b"] == DENSE].sort_values("round")
+    vs_dense, branches = _stated(comps)
     if vs_dense.empty:
         return ["No pruning round has been compared with the dense network yet."]
     margin = float(vs_dense["margin"].iloc[0])
@@ -148,8 +167,7 @@ def answer(comps: pd.DataFrame) -> list[str]:
         f"{interval(deepest, ' dB')}: {SHORT[deepest.verdict]} the dense network (margin "
         f"±{margin:.2f} dB; {design(deepest)})."]
     matching = vs_dense[vs_dense["verdict"] == "matches"]
-    counts = vs_dense["verdict"].value_counts()
-    tally = ", ".join(f"{int(counts[v])} {v}" for v in stats.VERDICTS if v in counts)
+    tally = _tally(vs_dense)
     if len(matching):
         best = matching.iloc[-1]
         sentences.append(
@@ -161,11 +179,7 @@ def answer(comps: pd.DataFrame) -> list[str]:
             f"No trunk round matches the dense network within ±{margin:.2f} dB; over the "
             f"{len(vs_dense)} trunk rounds the verdicts are {tally}.")
     roles = {n: s.role for n, s in strategies.REGISTRY.items()}
-    for rnd in branch_rounds(overall, "b"):
-        at = overall[(overall["round"] == rnd) & (overall["b"] != DENSE)]
-        if at.empty:
-            continue
-        at = at.set_index("b").loc[_ordered(list(at["b"]))]
+    for rnd, at in branches.items():
         parts = []
         for group, title in (("control", "the controls"), ("ablation", "the ablations"),
                              (None, "the other strategies")):
@@ -195,8 +209,7 @@ def headline_verdicts(comps: pd.DataFrame) -> dict[str, str]:
     over the trunk rounds, and at each branch round the ticket against each other strategy
     (all-in-one PSNR). The reproduction check compares these between a rerun and the committed
     run: the README's headline survives a rerun when every one is unchanged."""
-    overall = _psnr_overall(comps)
-    vs_dense = overall[overall["b"] == DENSE].sort_values("round")
+    vs_dense, branches = _stated(comps)
     if vs_dense.empty:
         return {}
     deepest = vs_dense.iloc[-1]
@@ -204,13 +217,9 @@ def headline_verdicts(comps: pd.DataFrame) -> dict[str, str]:
     matching = vs_dense[vs_dense["verdict"] == "matches"]
     found["sparsest trunk round that matches dense"] = (
         f"round {int(matching.iloc[-1]['round'])}" if len(matching) else "none")
-    counts = vs_dense["verdict"].value_counts()
-    found["trunk rounds vs dense"] = ", ".join(f"{int(counts[v])} {v}" for v in stats.VERDICTS
-                                               if v in counts)
-    for rnd in branch_rounds(overall, "b"):
-        at = overall[(overall["round"] == rnd) & (overall["b"] != DENSE)]
-        for b in _ordered(list(at["b"])):
-            found[f"round {rnd} vs {b}"] = str(at.loc[at["b"] == b, "verdict"].iloc[0])
+    found["trunk rounds vs dense"] = _tally(vs_dense)
+    for rnd, at in branches.items():
+        found.update({f"round {rnd} vs {b}": str(at.loc[b, "verdict"]) for b in at.index})
     return found
 
 
