@@ -139,7 +139,9 @@ def reproduction_report(study: Study) -> str:
 
     Every PSNR comparison of ``report.comparisons`` and every dense gain, on the test photos and,
     when both runs have a ``heldout.csv``, on the held-out photos, is computed on both runs: the
-    rerun's difference must lie inside the committed 95% interval, and the verdicts are compared.
+    rerun's differences are set against the committed 95% intervals (reproduced within noise when
+    no more lie outside than chance allows, ``stats.chance_misses``), and the verdicts, the
+    headline's among them, are compared.
     ``<run>/reproduction.csv`` gets the comparison rows and, per (set, seed, strategy, round,
     task), the raw PSNR differences (``report.reproduction``).
     """
