@@ -216,10 +216,10 @@ class Study:
         # (the small-dense control) sits at its own parameter count on the same axis
         dense_total = int(self.plan().at[0, "total"])
         frac["remaining_all"] = (frac["total"] - frac["prunable"] + frac["kept"]) / dense_total
-        device = str(resolve_device(cfg.train.device))
+        device = resolve_device(cfg.train.device)
         written = {}
         for name, items in (("metrics.csv", self.test_items()), ("heldout.csv", self.heldout_items())):
-            scores = evaluate(model, items, device=device)
+            scores = evaluate(model, items, device=str(device))
             scores.insert(0, "seed", seed)
             scores.insert(1, "strategy", strategy)
             scores.insert(2, "round", rnd)
@@ -240,8 +240,7 @@ class Study:
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
                   "train_seconds": float(result.seconds), "seconds": time.time() - started,
                   "ticket": str((folder / "ticket.mirl").relative_to(self.run_dir)),
-                  **arithmetic(resolve_device(cfg.train.device),
-                               cfg.train.threads or torch.get_num_threads())}
+                  **arithmetic(device, cfg.train.threads or torch.get_num_threads())}
         record.pop("model_config")
         atomic_write_text(json.dumps(record, indent=2), folder / "point.json")
         return record

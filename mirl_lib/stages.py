@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import pandas as pd
 
 from mirl_lib.config import Config, TrainConfig, load_config
 from mirl_lib.errors import ConfigError, MirlError
