@@ -114,14 +114,14 @@ def reproduce_command(args: argparse.Namespace) -> None:
         paths.append(path)
     if args.output is not None and not args.output.parent.is_dir():
         raise DataError(f"{args.output.parent}: no such folder for --output")
-    rerun, reference, heldout = reproduction_inputs(*paths)
+    rerun, reference, heldout, replication = reproduction_inputs(*paths)
     hashes = [sorted(set(t["config_hash"].astype(str))) if "config_hash" in t else []
               for t in (rerun, reference)]
     if hashes[0] != hashes[1]:
         raise DataError(f"{paths[0]}: config hash {', '.join(hashes[0]) or 'none'} differs from "
                         f"{paths[1]}'s {', '.join(hashes[1]) or 'none'}: not a rerun of the "
                         f"same study")
-    table, line = reproduction(rerun, reference, heldout=heldout)
+    table, line = reproduction(rerun, reference, heldout=heldout, replication=replication)
     comp = table[table["kind"] == "comparison"]
     if not (comp["reference_difference"].notna() & comp["rerun_difference"].notna()).any():
         raise DataError(f"{paths[0]} and {paths[1]} share no comparison")

@@ -196,11 +196,53 @@ def answer(comps: pd.DataFrame) -> list[str]:
     return sentences
 
 
+def _share(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def _needed(value: float) -> str:
+    top = max(stats.REPLICATION_SEEDS)
+    return f"more than {top}" if pd.isna(value) else f"{int(value)}"
+
+
+def replication_sentence(table: pd.DataFrame) -> str:
+    """How often the headline's verdicts replicate (``stats.replications`` rows of the stated
+    comparisons: the deepest ticket against the dense network and every branch comparison), or
+    why that cannot be said (one seed, no comparison)."""
+    if table is None or table.empty:
+        return ""
+    vs_dense = table[table["b"] == DENSE].sort_values("round")
+    stated = vs_dense.tail(1)
+    for rnd in branch_rounds(table, "b"):
+        at = table[(table["round"] == rnd) & (table["b"] != DENSE)].set_index("b")
+        stated = pd.concat([stated, at.loc[_ordered(list(at.index))].reset_index()])
+    if stated.empty:
+        return ""
+    seeds = int(stated["seeds"].max())
+    if seeds < 2 or stated["survives"].isna().all():
+        return ("How often these verdicts replicate cannot be estimated from one seed "
+                "(`stats.replication` draws new seeds from the committed seeds' spread).")
+    parts = [f"vs {'the dense network' if r.b == DENSE else _label(r.b)}: {r.verdict} "
+             f"{_share(r.survives)} ({_needed(r.seeds_needed)} seeds)"
+             for r in stated.itertuples()]
+    return (f"How often a rerun keeps each verdict (the share of {stats.REPLICATION_SIMS} simulated "
+            f"runs of {seeds} new seeds, drawn from what these {seeds} leave uncertain, "
+            f"`stats.replication`), and the seeds two runs need to agree on it "
+            f"{_share(stats.REPLICATION_TARGET)} of the time: " + "; ".join(parts) + ".")
+
+
 def headline(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT,
-             seed: int = 0, comps: pd.DataFrame | None = None) -> str:
-    """The answer as a markdown list, for the README's headline section."""
+             seed: int = 0, comps: pd.DataFrame | None = None,
+             replication: pd.DataFrame | None = None) -> str:
+    """The answer as a markdown list, for the README's headline section, ending with how often
+    its verdicts replicate (``replication``: ``stats.replications`` of the run, computed when
+    None)."""
     comps = comparisons(metrics, margin, n_boot, seed, ("psnr",)) if comps is None else comps
-    return "\n".join(f"- {s}" for s in answer(comps)) + "\n"
+    if replication is None:
+        replication = stats.replications(metrics, comps, margin, seed=seed)
+    sentences = answer(comps)
+    extra = replication_sentence(replication)
+    return "\n".join(f"- {s}" for s in [*sentences, *([extra] if extra else [])]) + "\n"
 
 
 def headline_verdicts(comps: pd.DataFrame) -> dict[str, str]:
@@ -480,7 +522,8 @@ def _collapse_section(points: pd.DataFrame, rounds: list[int]) -> list[str]:
 def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "",
                      heldout: pd.DataFrame | None = None, points: pd.DataFrame | None = None,
                      comps: pd.DataFrame | None = None, margin: float = EQUIVALENCE_MARGIN_DB,
-                     n_boot: int = N_BOOT, seed: int = 0) -> str:
+                     n_boot: int = N_BOOT, seed: int = 0,
+                     replication: pd.DataFrame | None = None) -> str:
     """The study's summary page.
 
     ``## Answer`` (``answer``: verdict sentences) and the method note; the dense network against
@@ -488,13 +531,18 @@ def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "",
     against the dense network at every trunk round; per branch round, ticket − X per task with
     interval and verdict; with ``heldout`` (the run's ``heldout.csv``) a held-out section; with
     ``points`` (the run's ``catalog.csv`` holding ``empty_tensors``, ``prunable_tensors``,
-    ``path_cut``) a layer-collapse section. ``comps``: a precomputed ``comparisons(metrics)``.
+    ``path_cut``) a layer-collapse section. ``comps``: a precomputed ``comparisons(metrics)``;
+    with ``replication`` (``stats.replications``) a sentence after the answer and a section on how
+    often each verdict replicates.
     """
     comps = comparisons(metrics, margin, n_boot, seed) if comps is None else comps
     stats_ = seed_stats(point_means(metrics))
     lines = [f"# {title}", "", notes, "", "## Answer", ""]
     for sentence in answer(comps):
         lines += [sentence, ""]
+    extra = replication_sentence(replication) if replication is not None else ""
+    if extra:
+        lines += [extra, ""]
     note = method_note(comps)
     if note:
         lines += [f"Method: {note}", ""]
@@ -518,12 +566,54 @@ def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "",
                   "All-in-one PSNR (dB); difference [95% CI] and verdict.", "",
                   *_vs_dense_table(comps)]
     lines += _branch_tables(comps)
+    if replication is not None and not replication.empty:
+        lines += _replication_section(replication)
     rounds = branch_rounds(comps, "b") if len(comps) else []
     if heldout is not None and not heldout.empty:
         lines += _heldout_section(heldout, rounds, float(margin), n_boot, seed)
     if points is not None and not points.empty:
         lines += _collapse_section(points, rounds)
     return "\n".join(lines) + "\n"
+
+
+def _replication_section(table: pd.DataFrame) -> list[str]:
+    """``## How often each verdict replicates``: every all-in-one PSNR comparison's verdict, the
+    chance a rerun with as many seeds keeps it, and how often two runs of n seeds agree."""
+    agree = [c for c in table.columns if c.startswith("agree_")]
+    seeds = int(table["seeds"].max())
+    lines = ["", "## How often each verdict replicates", ""]
+    if seeds < 2 or table["survives"].isna().all():
+        return lines + ["One seed: there is no spread between training runs to draw reruns from."]
+    lines += [f"All-in-one PSNR. `stats.replication` makes {stats.REPLICATION_SIMS} simulations "
+              f"per seed count under a normal model: each draws a truth from what this run's "
+              f"{seeds} seeds leave uncertain (the mean differences, and the size of the spread "
+              f"between seeds, which {seeds} seeds estimate poorly), then two runs of new seeds "
+              f"from it, scored on the same test images with this study's interval and verdict. "
+              f"*Rerun keeps* is the share of simulated runs of {seeds} "
+              f"seeds whose verdict is the committed one; *agree at n* the chance that two runs "
+              f"of n seeds give the same verdict; *seeds needed* the fewest n of "
+              f"{', '.join(str(n) for n in stats.REPLICATION_SEEDS)} at which two runs agree "
+              f"{_share(stats.REPLICATION_TARGET)} of the time. A comparison whose mean lies near "
+              f"0 or ±margin needs many seeds: more seeds narrow its interval, but around a mean "
+              f"that stays near the boundary.", "",
+              "| round | remaining | ticket − X | verdict | rerun keeps | "
+              + " | ".join(f"agree at {c.split('_')[1]}" for c in agree) + " | seeds needed |",
+              "|---" * (len(agree) + 6) + "|"]
+    rank = {name: i for i, name in enumerate([DENSE, *_ordered(list(set(table["b"]) - {DENSE}))])}
+    order = table.assign(_rank=table["b"].map(rank)).sort_values(["round", "_rank"])
+    for r in order.itertuples():
+        lines.append(f"| {int(r.round)} | {100 * r.remaining:.1f}% | {_label(r.b)} | {r.verdict} "
+                     f"| {_share(r.survives)} | "
+                     + " | ".join(_share(getattr(r, c)) for c in agree)
+                     + f" | {_needed(r.seeds_needed)} |")
+    return lines
+
+
+def write_replication(run_dir: Path, table: pd.DataFrame) -> Path:
+    """``<run>/replication.csv``: ``stats.replications`` of the run."""
+    path = Path(run_dir) / "replication.csv"
+    atomic_write_text(table.to_csv(index=False), path)
+    return path
 
 
 def read_optional(path: Path) -> pd.DataFrame | None:
@@ -550,10 +640,12 @@ def load_comparisons(run_dir: Path, metrics: pd.DataFrame) -> pd.DataFrame:
 
 def write_summary(run_dir: Path, metrics: pd.DataFrame, title: str, notes: str = "",
                   heldout: pd.DataFrame | None = None, points: pd.DataFrame | None = None,
-                  comps: pd.DataFrame | None = None) -> Path:
+                  comps: pd.DataFrame | None = None,
+                  replication: pd.DataFrame | None = None) -> Path:
     """Write ``<run>/summary.md`` (``summary_markdown``)."""
     path = Path(run_dir) / "summary.md"
-    atomic_write_text(summary_markdown(metrics, title, notes, heldout, points, comps), path)
+    atomic_write_text(summary_markdown(metrics, title, notes, heldout, points, comps,
+                                       replication=replication), path)
     return path
 
 
@@ -629,35 +721,60 @@ def _bars_note(gains: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
 
 
 def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
-        pd.DataFrame, pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame] | None]:
+        pd.DataFrame, pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame] | None,
+        pd.DataFrame | None]:
     """The tables ``report.reproduction`` compares, read from two ``metrics.csv`` files: the
-    rerun's and the reference's metrics and, when both have a ``heldout.csv`` beside them, the
-    two held-out tables (else ``None``)."""
+    rerun's and the reference's metrics; when both have a ``heldout.csv`` beside them, the two
+    held-out tables (else ``None``); the reference's ``replication.csv`` when it has one (else
+    ``None``)."""
     held = [path.with_name("heldout.csv") for path in (rerun, reference)]
     heldout = (tuple(pd.read_csv(path) for path in held)
                if all(path.is_file() for path in held) else None)
-    return pd.read_csv(rerun), pd.read_csv(reference), heldout
+    return (pd.read_csv(rerun), pd.read_csv(reference), heldout,
+            read_optional(reference.with_name("replication.csv")))
 
 
-def _headline_note(comps: dict[str, tuple[pd.DataFrame, pd.DataFrame]], show: int) -> str:
+def kept_shares(replication: pd.DataFrame | None) -> dict[str, float]:
+    """``{"round 12 vs dense": 0.78, ...}``: ``stats.replications``' *survives* under the names of
+    ``headline_verdicts``."""
+    if replication is None or replication.empty:
+        return {}
+    return {f"round {int(r.round)} vs {r.b}": float(r.survives) for r in replication.itertuples()
+            if not pd.isna(r.survives)}
+
+
+def _headline_note(comps: dict[str, tuple[pd.DataFrame, pd.DataFrame]], show: int,
+                   kept: dict[str, float] | None = None) -> str:
     """Whether the headline's verdicts (``headline_verdicts`` on the test photos) survive:
-    ``the headline's 9 verdicts unchanged`` or ``2 of 9 headline verdicts changed (...)``."""
+    ``the headline's 9 verdicts unchanged`` or ``2 of 9 headline verdicts changed (...)``; with
+    ``kept`` (``kept_shares`` of the committed run) each changed verdict says how often the
+    committed run's simulated reruns kept it."""
     rerun, committed = (headline_verdicts(comps[TEST_SET][i]) for i in (0, 1))
     names = [name for name in committed if name in rerun]
     if not names:
         return ""
+    kept = kept or {}
     changed = [name for name in names if rerun[name] != committed[name]]
     if not changed:
         return f"the headline's {len(names)} verdicts unchanged, "
-    listed = "; ".join(f"{name}: {committed[name]} → {rerun[name]}" for name in changed[:show])
+
+    def odds(name: str) -> str:
+        return f", simulated reruns kept it {_share(kept[name])}" if name in kept else ""
+
+    listed = "; ".join(f"{name}: {committed[name]} → {rerun[name]}{odds(name)}"
+                       for name in changed[:show])
     more = f"; and {len(changed) - show} more" if len(changed) > show else ""
-    return f"{len(changed)} of {len(names)} headline verdicts changed ({listed}{more}), "
+    simulated = [name for name in names if name in kept]
+    expected = (f"; the simulated reruns expected {sum(1 - kept[n] for n in simulated):.1f} of "
+                f"the {len(simulated)} single comparisons among them to change, "
+                f"{sum(n in changed for n in simulated)} did" if simulated else "")
+    return f"{len(changed)} of {len(names)} headline verdicts changed ({listed}{more}{expected}), "
 
 
 def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
                  margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT, seed: int = 0,
-                 show: int = 3, heldout: tuple[pd.DataFrame, pd.DataFrame] | None = None
-                 ) -> tuple[pd.DataFrame, str]:
+                 show: int = 3, heldout: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+                 replication: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
     """Does a rerun (``current`` metrics) reproduce the committed run (``reference``)?
 
     For every PSNR comparison of ``comparisons`` and every dense gain over the degraded input
@@ -672,7 +789,9 @@ def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
     ``stats.chance_misses(N)`` (the 95% quantile of Binomial(N, 0.05); 0 of 1, 3 of 18, 17 of
     228), and *not reproduced* when more do. Either way the line names the comparisons outside
     (farthest first), says whether the headline's verdicts (``headline_verdicts``) survive and
-    names the first ``show`` verdicts that changed.
+    names the first ``show`` verdicts that changed, each with how often the committed run's
+    simulated reruns kept it (``replication``: the committed run's ``stats.replications``, read
+    by the caller from its ``replication.csv``; without it that is left out).
 
     Returns the table written to ``reproduction.csv`` (``kind`` ``point``: per (set, seed,
     strategy, round, task) the raw PSNR difference; ``kind`` ``comparison``:
@@ -715,7 +834,8 @@ def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
         f"{_named(r)} {r.verdict_reference} → {r.verdict_rerun}"
         for _, r in changed.head(show).iterrows())
         + (f"; and {len(changed) - show} more" if len(changed) > show else ""))
-    verdicts = f"{_headline_note(comps, show)}{unchanged}/{total} verdicts unchanged{flips}"
+    verdicts = (f"{_headline_note(comps, show, kept_shares(replication))}{unchanged}/{total} "
+                f"verdicts unchanged{flips}")
     bars = _bars_note(gains) if heldout is not None else ""
     outside = both[~both["inside"]]
     if outside.empty:

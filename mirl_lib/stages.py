@@ -114,12 +114,12 @@ def move_aside(study: Study, stage: Stage) -> list[Path]:
 
 # What ``keep_reference`` copies, in this order: ``metrics.csv`` last, so that its presence in
 # ``reference/`` means the copy is complete.
-REFERENCE_FILES = ("heldout.csv", "metrics.csv")
+REFERENCE_FILES = ("heldout.csv", "replication.csv", "metrics.csv")
 
 
 def keep_reference(study: Study) -> Path | None:
-    """Copy the committed ``metrics.csv`` and ``heldout.csv`` to ``reference/`` once, before this
-    run replaces them.
+    """Copy the committed ``metrics.csv``, ``heldout.csv`` and ``replication.csv`` to
+    ``reference/`` once, before this run replaces them.
 
     The copies are what ``reproduction_report`` compares the rerun with; they are taken only when
     no reference exists yet, so a run resumed or rerun later still compares with the committed
@@ -150,8 +150,8 @@ def reproduction_report(study: Study) -> str:
         return "No committed reference results to compare with (this run is the first)."
     if not current.is_file():
         return f"{current}: not written yet (the evaluation stage has not run); nothing to compare."
-    rerun, committed, heldout = reproduction_inputs(current, reference)
-    table, line = reproduction(rerun, committed, heldout=heldout)
+    rerun, committed, heldout, replication = reproduction_inputs(current, reference)
+    table, line = reproduction(rerun, committed, heldout=heldout, replication=replication)
     atomic_write_text(table.to_csv(index=False), study.run_dir / "reproduction.csv")
     return f"Against the committed results: {line}"
 

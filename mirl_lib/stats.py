@@ -36,6 +36,20 @@ ticket against that strategy, for PSNR (and SSIM), per task and all-in-one.
 ``chance_misses`` says how many of ``n`` such 95% intervals a rerun may leave by chance alone
 (the reproduction check's allowance; ``report.reproduction``).
 
+How often a verdict replicates (``replication``, ``replications``)
+    A verdict is a function of an interval, so a comparison whose interval lies near a verdict
+    boundary (0 or ±margin) can get another verdict from another run however honest both runs
+    are. ``replication`` simulates whole runs of one comparison from its committed seeds under a
+    normal model (``simulated_runs``): each simulation draws a truth from what the committed seeds
+    leave uncertain (the mean differences and the size of the spread between seeds), then runs of
+    ``n`` new seeds from it, scored on the same test images, each given its verdict with this
+    module's interval. It reports how often a run with the committed number of seeds gives the
+    committed verdict (``survives``), how often two runs of ``n`` seeds agree with each other for
+    several ``n``, and the fewest seeds at which they agree at least ``REPLICATION_TARGET`` of the
+    time. The seeds are independent: a rerun of the *same* seeds on other float kernels moves
+    less than a new seed does. With one seed there is no spread to draw from and every value is
+    NaN.
+
 This module needs numpy, pandas and scipy only (no torch), so the report can be built anywhere.
 """
 from __future__ import annotations
@@ -61,6 +75,12 @@ EQUIVALENCE_MARGIN_SSIM = 0.01
 LEVEL = 0.95
 N_BOOT = 2000
 VERDICTS = ("matches", "better", "worse", "inconclusive")
+# ``replication``: the seed counts it simulates, how many simulated runs per count, and the
+# agreement between two runs that counts as a verdict that replicates.
+REPLICATION_SEEDS = (3, 5, 10, 20, 40)
+REPLICATION_SIMS = 400
+REPLICATION_BOOT = 500
+REPLICATION_TARGET = 0.9
 SEEDS_AND_IMAGES = "seeds × images"
 IMAGES_ONLY = "images only (1 seed)"
 
@@ -197,10 +217,12 @@ class _Points:
         for (strategy, rnd), at in index.groupby(["strategy", "round"]).indices.items():
             self.points[(strategy, int(rnd))] = (index["seed"].to_numpy()[at], values[at])
 
-    def compare(self, a: tuple[str, int], b: tuple[str, int], margin: float, n_boot: int,
-                seed: int, level: float) -> pd.DataFrame:
+    def pairs(self, a: tuple[str, int], b: tuple[str, int]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """The complete seeds × (task, image) grids of ``a`` and ``b`` (same seeds, same cells),
+        the task of each column and how many values were left out; None when a point is absent."""
         if a not in self.points or b not in self.points:
-            return pd.DataFrame()
+            return None
         (seeds_a, left), (seeds_b, right) = self.points[a], self.points[b]
         seeds, ia, ib = np.intersect1d(seeds_a, seeds_b, return_indices=True)
         left, right = left[ia], right[ib]
@@ -208,13 +230,21 @@ class _Points:
         unmatched = (int((~np.isnan(self.points[a][1])).sum())
                      + int((~np.isnan(self.points[b][1])).sum()) - 2 * int(both.sum()))
         rows, cols, dropped = _complete(left - right, self.task_of)
-        task_of = self.task_of[cols]
-        result = _bootstrap((left - right)[rows][:, cols], task_of, n_boot, seed, level)
+        return (left[rows][:, cols], right[rows][:, cols], self.task_of[cols],
+                dropped + unmatched)
+
+    def compare(self, a: tuple[str, int], b: tuple[str, int], margin: float, n_boot: int,
+                seed: int, level: float) -> pd.DataFrame:
+        found = self.pairs(a, b)
+        if found is None:
+            return pd.DataFrame()
+        left, right, task_of, dropped = found
+        result = _bootstrap(left - right, task_of, n_boot, seed, level)
         if result.empty:
             return result
-        result = _finish(result, dropped + unmatched, n_boot)
-        result.insert(1, "mean_a", result["task"].map(_task_means(left[rows][:, cols], task_of)))
-        result.insert(2, "mean_b", result["task"].map(_task_means(right[rows][:, cols], task_of)))
+        result = _finish(result, dropped, n_boot)
+        result.insert(1, "mean_a", result["task"].map(_task_means(left, task_of)))
+        result.insert(2, "mean_b", result["task"].map(_task_means(right, task_of)))
         result["margin"] = margin
         result["verdict"] = [verdict(lo, hi, margin)
                              for lo, hi in zip(result["ci_low"], result["ci_high"])]
@@ -281,3 +311,138 @@ def comparisons(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB,
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
+
+
+# ----- how often a verdict replicates ---------------------------------------------------------------
+
+def verdicts(lo: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
+    """``verdict`` of many intervals at once (arrays of equal shape; the same rules)."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    return np.select([(-margin <= lo) & (hi <= margin), lo > 0, hi < 0],
+                     ["matches", "better", "worse"], "inconclusive")
+
+
+def _draw_weights(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> np.ndarray:
+    """Bootstrap weights: for each of ``shape`` replicates, how often each of ``n`` items is drawn
+    in ``n`` draws with replacement, divided by ``n`` (a Multinomial(n, 1/n) count vector, drawn
+    as ``n`` uniform integers and counted, which is much faster than ``rng.multinomial``)."""
+    draws = rng.integers(0, n, size=(*shape, n))
+    offsets = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(*shape, 1) * n
+    counts = np.bincount((draws + offsets).ravel(), minlength=int(np.prod(shape)) * n)
+    return counts.reshape(*shape, n) / n
+
+
+def overall_intervals(runs: np.ndarray, task_of: np.ndarray, n_boot: int,
+                      rng: np.random.Generator, level: float = LEVEL
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The all-in-one interval of ``paired_bootstrap`` for many runs at once: ``runs`` is
+    runs × seeds × (task, image) (complete), and each run is resampled as ``_bootstrap`` resamples
+    one (seeds with replacement, shared by the tasks; images with replacement within each task,
+    the same for every drawn seed; the all-in-one replicate is the mean of the task replicates).
+    Returns the lower and upper ends of the ``level`` percentile interval, one per run."""
+    n_runs, n_seeds = runs.shape[0], runs.shape[1]
+    seed_w = (_draw_weights(rng, (n_runs, n_boot), n_seeds) if n_seeds > 1
+              else np.ones((n_runs, n_boot, 1)))
+    reps = []
+    for task in _task_order(task_of):
+        grid = runs[:, :, task_of == task]
+        image_w = _draw_weights(rng, (n_runs, n_boot), grid.shape[2])
+        reps.append(((seed_w @ grid) * image_w).sum(axis=-1))
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.mean(reps, axis=0), [tail, 1.0 - tail], axis=1)
+    return lo, hi
+
+
+def simulated_runs(values: np.ndarray, n_seeds: int, n_runs: int, rng: np.random.Generator,
+                   pairs: int = 1) -> np.ndarray:
+    """Simulated runs of ``n_seeds`` new seeds each, drawn from the committed seeds' ``values``
+    (committed seeds × cells) under a normal model, as ``pairs × n_runs × n_seeds × cells``.
+
+    Each of the ``n_runs`` simulations first draws what it takes as the truth, from what
+    ``values`` leave uncertain (the posterior under a flat prior): a spread scale s with
+    s² = (k − 1) / χ²(k − 1) (k committed seeds; a normal sample's variance estimate on k − 1
+    degrees of freedom) and true means mean + s · z̄ @ R / sqrt(k), where R = (values − mean) /
+    sqrt(k − 1) and z̄ ~ N(0, I_k). Then ``pairs`` independent runs share that truth: every seed
+    is true means + s · z @ R, z ~ N(0, I_k), so the seeds' covariance is s² times the committed
+    seeds' unbiased covariance. With few committed seeds s is often large: a spread estimated from
+    two or three runs can be far too small, and the simulation says so."""
+    k = values.shape[0]
+    mean = values.mean(axis=0)
+    root = (values - mean) / np.sqrt(k - 1)
+    scale = np.sqrt((k - 1) / rng.chisquare(k - 1, size=n_runs))[:, None]
+    truth = mean + scale * (rng.standard_normal((n_runs, k)) @ root) / np.sqrt(k)
+    seeds = rng.standard_normal((pairs, n_runs, n_seeds, k)) @ root
+    return truth[None, :, None, :] + scale[None, :, :, None] * seeds
+
+
+def replication(values: np.ndarray, task_of: np.ndarray, committed: str,
+                margin: float = EQUIVALENCE_MARGIN_DB, seeds: Sequence[int] = REPLICATION_SEEDS,
+                n_sims: int = REPLICATION_SIMS, n_boot: int = REPLICATION_BOOT, seed: int = 0,
+                level: float = LEVEL, target: float = REPLICATION_TARGET) -> dict:
+    """How often the all-in-one verdict of one comparison replicates (module docstring).
+
+    ``values``: the committed run's complete seeds × (task, image) differences ``a - b``;
+    ``committed``: its verdict. ``simulated_runs`` draws ``n_sims`` truths from what the
+    committed seeds leave uncertain and, for each, two independent runs of n seeds scored on the
+    same test images. Returns ``survives`` (the share of simulated runs with the committed number
+    of seeds whose verdict is ``committed``), ``agree`` ({n: the share of simulations whose two
+    runs of n seeds give the same verdict} for every n of ``seeds``), ``shares`` ({n: {verdict:
+    share of runs}}) and ``seeds_needed`` (the fewest n of ``seeds`` whose ``agree`` reaches
+    ``target``; None when none does). With fewer than two seeds every number is NaN and
+    ``seeds_needed`` None. Deterministic for a given ``seed``.
+    """
+    counts = sorted(set(int(n) for n in seeds))
+    n0 = int(values.shape[0])
+    if n0 < 2:
+        nan = float("nan")
+        return {"survives": nan, "agree": {n: nan for n in counts}, "shares": {},
+                "seeds_needed": None}
+    rng = np.random.default_rng(seed)
+    shares, agree, survives = {}, {}, float("nan")
+    for n in sorted(set(counts) | {n0}):
+        runs = simulated_runs(values, n, n_sims, rng, pairs=2)
+        found = []
+        for pair in runs:
+            lo, hi = overall_intervals(pair, task_of, n_boot, rng, level)
+            found.append(verdicts(lo, hi, margin))
+        share = {v: float(np.mean(found[0] == v)) for v in VERDICTS}
+        if n == n0:
+            survives = share[committed]
+        if n in counts:
+            shares[n] = share
+            agree[n] = float(np.mean(found[0] == found[1]))
+    needed = next((n for n in counts if agree[n] >= target), None)
+    return {"survives": survives, "agree": agree, "shares": shares, "seeds_needed": needed}
+
+
+def replications(metrics: pd.DataFrame, comps: pd.DataFrame | None = None,
+                 margin: float = EQUIVALENCE_MARGIN_DB, seeds: Sequence[int] = REPLICATION_SEEDS,
+                 n_sims: int = REPLICATION_SIMS, n_boot: int = REPLICATION_BOOT, seed: int = 0,
+                 *, trunk: str = TRUNK, dense: str = DENSE) -> pd.DataFrame:
+    """``replication`` of every all-in-one PSNR comparison of ``comps`` (``comparisons(metrics)``
+    when None; its verdicts are the committed ones). Columns: round, remaining, a, b, difference,
+    ci_low, ci_high, verdict, seeds (committed), survives, agree_<n> for every n of ``seeds``,
+    seeds_needed (NaN when no n of ``seeds`` reaches ``REPLICATION_TARGET``)."""
+    counts = sorted(set(int(n) for n in seeds))
+    columns = ["round", "remaining", "a", "b", "difference", "ci_low", "ci_high", "verdict",
+               "seeds", "survives", *[f"agree_{n}" for n in counts], "seeds_needed"]
+    comps = comparisons(metrics, margin, seed=seed, metric_names=("psnr",),
+                        trunk=trunk, dense=dense) if comps is None else comps
+    rows = comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    points = _Points(metrics, "psnr")
+    out = []
+    for _, row in rows.iterrows():
+        rnd = int(row["round"])
+        found = points.pairs((str(row.a), rnd), (str(row.b), 0 if row.b == dense else rnd))
+        if found is None:
+            continue
+        left, right, task_of, _ = found
+        result = replication(left - right, task_of, str(row.verdict), float(row.margin), counts,
+                             n_sims, n_boot, seed)
+        out.append([rnd, float(row.remaining), row.a, row.b, float(row.difference),
+                    float(row.ci_low), float(row.ci_high), str(row.verdict), int(left.shape[0]),
+                    result["survives"], *[result["agree"][n] for n in counts],
+                    result["seeds_needed"] if result["seeds_needed"] is not None else np.nan])
+    return pd.DataFrame(out, columns=columns)

@@ -33,6 +33,20 @@ def test_committed_reruns_exist_for_both_tiers() -> None:
     assert {Path(rerun).parts[1] for rerun in RERUN_LINES} >= {"default", "full"}
 
 
+@pytest.mark.parametrize("run", ["default", "full"])
+def test_a_committed_replication_table_is_what_the_simulation_computes(run: str) -> None:
+    """``results/<tier>/replication.csv`` (the summary's and the reproduction check's source) is
+    ``stats.replications`` of the committed metrics, never typed in."""
+    from mirl_lib import stats
+    from mirl_lib.report import comparisons
+
+    folder = REPO / "results" / run
+    committed = pd.read_csv(folder / "replication.csv")
+    metrics = pd.read_csv(folder / "metrics.csv")
+    computed = stats.replications(metrics, comparisons(metrics))
+    pd.testing.assert_frame_equal(committed, computed, check_dtype=False, atol=1e-9)
+
+
 @pytest.mark.parametrize("rerun", RERUN_LINES)
 def test_a_committed_rerun_line_is_what_the_check_computes_and_the_readme_quotes_it(
         rerun: str) -> None:
@@ -42,9 +56,10 @@ def test_a_committed_rerun_line_is_what_the_check_computes_and_the_readme_quotes
     from mirl_lib.report import reproduction, reproduction_inputs
 
     folder = REPO / rerun
-    current, reference, heldout = reproduction_inputs(folder / "metrics.csv",
-                                                      folder.parent / "metrics.csv")
-    _, line = reproduction(current, reference, heldout=heldout)
+    current, reference, heldout, replication = reproduction_inputs(
+        folder / "metrics.csv", folder.parent / "metrics.csv")
+    assert replication is not None, f"{folder.parent}/replication.csv is missing"
+    _, line = reproduction(current, reference, heldout=heldout, replication=replication)
     assert (folder / "reproduction.txt").read_text().strip() == line, (
         f"{rerun}/reproduction.txt is stale; rewrite it: python -m mirl_lib reproduce {rerun} "
         f"{folder.parent.relative_to(REPO)}")

@@ -164,8 +164,50 @@ def test_headline_is_a_markdown_list_of_the_answer() -> None:
     text = headline(data, n_boot=300)
     lines = text.strip().splitlines()
     assert all(line.startswith("- ") for line in lines)
-    assert [line[2:] for line in lines] == answer(comparisons(data, n_boot=300,
-                                                              metric_names=("psnr",)))
+    assert [line[2:] for line in lines[:-1]] == answer(comparisons(data, n_boot=300,
+                                                                   metric_names=("psnr",)))
+    assert lines[-1] == ("- How often these verdicts replicate cannot be estimated from one seed "
+                         "(`stats.replication` draws new seeds from the committed seeds' spread).")
+
+
+def test_headline_and_summary_say_how_often_each_verdict_replicates() -> None:
+    """With seeds, the headline ends with each stated verdict's share of simulated reruns that
+    keep it; a verdict far from every boundary is kept by all of them, and the summary has the
+    table of every all-in-one comparison."""
+    data = metrics((0, 1, 2), -0.5)
+    comps = comparisons(data, n_boot=300)
+    table = stats.replications(data, comps, n_sims=100, n_boot=200)
+    assert len(table) == len(comps[(comps["metric"] == "psnr")
+                                   & (comps["task"] == "all-in-one")]) == 5
+    last = headline(data, n_boot=300, replication=table).strip().splitlines()[-1]
+    assert last.startswith("- How often a rerun keeps each verdict (the share of 400 simulated "
+                           "runs of 3 new seeds, drawn from what these 3 leave uncertain")
+    # the ticket is 1 dB above random re-init with 0.05 dB of noise: kept unless the simulation
+    # draws a spread between seeds many times the committed one (3 seeds leave that possible)
+    kept = re.search(r"vs random re-init: better (\d+)% \(3 seeds\)", last)
+    assert kept and int(kept.group(1)) >= 90
+    assert re.search(r"vs the dense network: worse \d+% \(\d+ seeds\)", last)
+    page = summary_markdown(data, "t", comps=comps, n_boot=300, replication=table)
+    section = page.split("## How often each verdict replicates")[1]
+    assert re.search(r"\| 2 \| 64\.0% \| random re-init \| better \| (9\d|100)% \|", section)
+    assert "| 1 | 80.0% | dense | " in section
+    assert "## How often each verdict replicates" not in summary_markdown(data, "t", comps=comps,
+                                                                         n_boot=300)
+
+
+def test_reproduction_says_how_often_a_changed_headline_verdict_was_kept() -> None:
+    reference = metrics((0, 1), -0.5)
+    rerun = reference.copy()
+    rerun.loc[(rerun["strategy"] == "reinit") & (rerun["task"] == "derain"), "psnr"] += 3.0
+    table = stats.replications(reference, n_sims=100, n_boot=200)
+    _, line = reproduction(rerun, reference, n_boot=300, replication=table)
+    kept = table[table["round"] == 2].set_index("b")["survives"]
+    expected = float((1 - kept).sum())
+    assert (f"(round 2 vs reinit: better → worse, simulated reruns kept it "
+            f"{100 * kept['reinit']:.0f}%; the simulated reruns expected {expected:.1f} of the "
+            f"4 single comparisons among them to change, 1 did)") in line
+    # without the committed run's replication table the line says nothing of it
+    assert "simulated" not in reproduction(rerun, reference, n_boot=300)[1]
 
 
 def test_reproduction_of_an_identical_rerun() -> None:
@@ -295,9 +337,11 @@ def test_keep_reference_copies_both_tables_once(tmp_path: Path) -> None:
     data, held = metrics((0,), -0.5), metrics((0,), -0.5)
     data.to_csv(tmp_path / "metrics.csv", index=False)
     held.to_csv(tmp_path / "heldout.csv", index=False)
+    stats.replications(data, n_sims=50, n_boot=100).to_csv(tmp_path / "replication.csv",
+                                                          index=False)
     assert keep_reference(study) == tmp_path / "reference" / "metrics.csv"
-    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == ["heldout.csv",
-                                                                          "metrics.csv"]
+    assert sorted(p.name for p in (tmp_path / "reference").iterdir()) == [
+        "heldout.csv", "metrics.csv", "replication.csv"]
     held.assign(psnr=held["psnr"] + 5.0).to_csv(tmp_path / "heldout.csv", index=False)
     keep_reference(study)  # a resumed run: the committed copy stays
     assert pd.read_csv(tmp_path / "reference" / "heldout.csv")["psnr"].equals(held["psnr"])

@@ -204,3 +204,93 @@ def test_a_task_neither_point_has_does_not_void_the_comparison() -> None:
     ctl = table[table["b"] == "ctl"]
     assert list(ctl["task"]) == ["dehaze", stats.ALL_IN_ONE]
     assert set(ctl["dropped"]) == {6}  # the ticket's derain rows, without a partner
+
+
+# ----- how often a verdict replicates -----------------------------------------------------------
+
+def grid(n_seeds: int, mean: float, seed_sd: float, image_sd: float = 0.05,
+         images: int = 3, rng_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeds × (task, image) array of differences: ``mean`` plus a per-seed offset (sd
+    ``seed_sd``) plus per-cell noise (sd ``image_sd``), five tasks of ``images`` images."""
+    rng = np.random.default_rng(rng_seed)
+    task_of = np.repeat(np.array(FIVE), images)
+    values = (mean + rng.normal(0, seed_sd, (n_seeds, 1))
+              + rng.normal(0, image_sd, (n_seeds, task_of.size)))
+    return values, task_of
+
+
+def test_verdicts_of_many_intervals_follow_the_rules_of_one() -> None:
+    ends = np.linspace(-1.0, 1.0, 21)
+    lo, hi = np.meshgrid(ends, ends)
+    keep = lo <= hi
+    found = stats.verdicts(lo[keep], hi[keep], 0.25)
+    assert list(found) == [stats.verdict(a, b, 0.25) for a, b in zip(lo[keep], hi[keep])]
+
+
+def test_many_runs_at_once_resample_as_the_bootstrap_does() -> None:
+    """One run through ``overall_intervals`` has ``paired_bootstrap``'s all-in-one interval (to
+    Monte Carlo error; the two draw their weights differently)."""
+    values, task_of = grid(3, 0.2, 0.4, image_sd=0.3)
+    data = diffs({(s, t): list(values[s, task_of == t]) for s in range(3) for t in FIVE})
+    one = row(stats.paired_bootstrap(data, n_boot=40000, seed=2))
+    lo, hi = stats.overall_intervals(values[None], task_of, 40000, np.random.default_rng(3))
+    assert lo[0] == pytest.approx(one.ci_low, abs=0.02)
+    assert hi[0] == pytest.approx(one.ci_high, abs=0.02)
+
+
+def test_identical_seeds_and_images_replicate_exactly() -> None:
+    """No spread anywhere: every simulated run is the committed one, every interval the point
+    0.1, every verdict *matches*; a committed verdict that says otherwise is never kept."""
+    values = np.full((3, 15), 0.1)
+    task_of = np.repeat(np.array(FIVE), 3)
+    kept = stats.replication(values, task_of, "matches", n_sims=50, n_boot=100)
+    assert kept["survives"] == 1.0 and set(kept["agree"].values()) == {1.0}
+    assert kept["seeds_needed"] == min(stats.REPLICATION_SEEDS)
+    assert kept["shares"][5] == {"matches": 1.0, "better": 0.0, "worse": 0.0,
+                                 "inconclusive": 0.0}
+    assert stats.replication(values, task_of, "better", n_sims=50, n_boot=100)["survives"] == 0.0
+
+
+def test_a_large_effect_replicates_and_an_effect_near_the_margin_needs_more_seeds() -> None:
+    far = stats.replication(*grid(3, 3.0, 0.2), "better", n_sims=200, n_boot=300)
+    assert far["survives"] >= 0.99 and min(far["agree"].values()) >= 0.99
+    assert far["seeds_needed"] == 3
+    # 0.15 dB with 0.3 dB between seeds: with 3 seeds the interval reaches past the margin in
+    # some runs and not in others; with 40 it lies inside it
+    values, task_of = grid(3, 0.15, 0.3, rng_seed=4)
+    near = stats.replication(values, task_of, "inconclusive", n_sims=200, n_boot=300)
+    assert near["agree"][3] < 0.9 and near["agree"][40] > near["agree"][3]
+    assert near["seeds_needed"] is None or near["seeds_needed"] > 3
+    assert near["shares"][40]["matches"] > near["shares"][3]["matches"]
+
+
+def test_replication_is_deterministic_and_needs_two_seeds() -> None:
+    values, task_of = grid(3, 0.3, 0.3)
+    first = stats.replication(values, task_of, "better", n_sims=100, n_boot=200, seed=1)
+    assert first == stats.replication(values, task_of, "better", n_sims=100, n_boot=200, seed=1)
+    one = stats.replication(values[:1], task_of, "better", n_sims=100, n_boot=200)
+    assert np.isnan(one["survives"]) and one["seeds_needed"] is None
+    assert all(np.isnan(v) for v in one["agree"].values())
+
+
+def test_simulated_seeds_carry_the_uncertainty_of_the_committed_ones() -> None:
+    """From k committed seeds, a simulated seed is truth + s · (spread): over simulations its
+    mean is the committed mean and its covariance the committed one times E[s²] (1 + 1/k), with
+    E[s²] = (k - 1) / (k - 3) (a scaled inverse χ² on k - 1 degrees of freedom); the two runs of a
+    pair share the truth, and every seed lies in the span of the committed ones."""
+    k = 6
+    values, _ = grid(k, 0.4, 0.5, image_sd=0.2)
+    runs = stats.simulated_runs(values, 1, 200000, np.random.default_rng(0), pairs=2)
+    assert runs.shape == (2, 200000, 1, 15)
+    one = runs[0, :, 0, :]
+    np.testing.assert_allclose(one.mean(axis=0), values.mean(axis=0), atol=0.02)
+    factor = (k - 1) / (k - 3) * (1 + 1 / k)
+    np.testing.assert_allclose(np.cov(one, rowvar=False), factor * np.cov(values, rowvar=False),
+                               rtol=0.1, atol=0.01)
+    # the pair's runs share the truth: their seeds correlate (the truth's share of the variance)
+    other = runs[1, :, 0, :]
+    shared = np.corrcoef(one[:, 0], other[:, 0])[0, 1]
+    assert shared == pytest.approx(1 / (k + 1), abs=0.03)
+    centred = one[:1000] - values.mean(axis=0)
+    _, sv, _ = np.linalg.svd(np.vstack([values - values.mean(axis=0), centred]))
+    assert sv[k - 1] < 1e-8 * sv[0]  # rank k - 1: nothing outside the committed seeds' span
