@@ -225,10 +225,15 @@ def replication_sentence(table: pd.DataFrame) -> str:
     parts = [f"vs {'the dense network' if r.b == DENSE else _label(r.b)}: {r.verdict} "
              f"{_share(r.survives)} ({_needed(r.seeds_needed)} seeds)"
              for r in stated.itertuples()]
+    robust = [f"vs {'the dense network' if r.b == DENSE else _label(r.b)}"
+              for r in stated.itertuples() if r.survives >= stats.REPLICATION_TARGET]
+    firm = (f" Robust (kept at least {_share(stats.REPLICATION_TARGET)} of the time): "
+            + (", ".join(robust) if robust else "none")
+            + "; a rerun may change the others.")
     return (f"How often a rerun keeps each verdict (the share of {stats.REPLICATION_SIMS} simulated "
             f"runs of {seeds} new seeds, drawn from what these {seeds} leave uncertain, "
             f"`stats.replication`), and the seeds two runs need to agree on it "
-            f"{_share(stats.REPLICATION_TARGET)} of the time: " + "; ".join(parts) + ".")
+            f"{_share(stats.REPLICATION_TARGET)} of the time: " + "; ".join(parts) + "." + firm)
 
 
 def headline(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT,
@@ -755,6 +760,7 @@ def _headline_note(comps: dict[str, tuple[pd.DataFrame, pd.DataFrame]], show: in
         return ""
     kept = kept or {}
     changed = [name for name in names if rerun[name] != committed[name]]
+    robust = [name for name in names if kept.get(name, 0.0) >= stats.REPLICATION_TARGET]
     if not changed:
         return f"the headline's {len(names)} verdicts unchanged, "
 
@@ -768,6 +774,12 @@ def _headline_note(comps: dict[str, tuple[pd.DataFrame, pd.DataFrame]], show: in
     expected = (f"; the simulated reruns expected {sum(1 - kept[n] for n in simulated):.1f} of "
                 f"the {len(simulated)} single comparisons among them to change, "
                 f"{sum(n in changed for n in simulated)} did" if simulated else "")
+    if simulated:
+        lost = [name for name in robust if name in changed]
+        expected += (f"; of the {len(robust)} robust ones (kept at least "
+                     f"{_share(stats.REPLICATION_TARGET)} of the time) "
+                     + (f"{len(lost)} changed: {', '.join(lost)}" if lost else
+                        "none changed" if robust else "there were none"))
     return f"{len(changed)} of {len(names)} headline verdicts changed ({listed}{more}{expected}), "
 
 
