@@ -131,16 +131,17 @@ def reproduce_command(args: argparse.Namespace) -> None:
 
 
 def headline_command(args: argparse.Namespace) -> None:
-    """Print ``report.headline`` of ``<run>/metrics.csv`` between the README's markers."""
+    """Print ``report.headline`` of ``<run>/metrics.csv`` between the README's markers, with the
+    ``replication.csv`` the evaluation stage wrote beside it (simulated afresh when absent)."""
     import pandas as pd
 
-    from mirl_lib.report import headline
+    from mirl_lib.report import headline, read_optional
 
     metrics = args.run / "metrics.csv"
     if not metrics.is_file():
         raise DataError(f"{metrics}: no such file (is {args.run} a finished run folder?)")
-    print(f"<!-- headline:{args.run.name} -->\n{headline(pd.read_csv(metrics))}"
-          f"<!-- /headline -->")
+    text = headline(pd.read_csv(metrics), replication=read_optional(args.run / "replication.csv"))
+    print(f"<!-- headline:{args.run.name} -->\n{text}<!-- /headline -->")
 
 
 @dataclass

@@ -132,11 +132,17 @@ def _psnr_overall(comps: pd.DataFrame) -> pd.DataFrame:
     return comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)]
 
 
+def verdict_name(rnd: int, b: str) -> str:
+    """``round 12 vs dense``: how ``headline_verdicts`` and ``kept_shares`` name a comparison."""
+    return f"round {int(rnd)} vs {b}"
+
+
 def _stated(comps: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
     """What the headline speaks of (all-in-one PSNR): the rows against the dense network in
     round order, and at each branch round the rows against every other strategy, indexed by
-    ``b`` in display order."""
-    overall = _psnr_overall(comps)
+    ``b`` in display order. ``comps``: ``comparisons`` rows, or rows that are all-in-one PSNR
+    already (without ``metric`` and ``task``, e.g. ``stats.replications``)."""
+    overall = _psnr_overall(comps) if "metric" in comps else comps
     vs_dense = overall[overall["b"] == DENSE].sort_values("round")
     branches = {}
     for rnd in branch_rounds(overall, "b"):
@@ -211,22 +217,19 @@ def replication_sentence(table: pd.DataFrame) -> str:
     why that cannot be said (one seed, no comparison)."""
     if table is None or table.empty:
         return ""
-    vs_dense = table[table["b"] == DENSE].sort_values("round")
-    stated = vs_dense.tail(1)
-    for rnd in branch_rounds(table, "b"):
-        at = table[(table["round"] == rnd) & (table["b"] != DENSE)].set_index("b")
-        stated = pd.concat([stated, at.loc[_ordered(list(at.index))].reset_index()])
+    vs_dense, branches = _stated(table)
+    stated = pd.concat([vs_dense.tail(1), *(at.reset_index() for at in branches.values())])
     if stated.empty:
         return ""
     seeds = int(stated["seeds"].max())
     if seeds < 2 or stated["survives"].isna().all():
         return ("How often these verdicts replicate cannot be estimated from one seed "
                 "(`stats.replication` draws new seeds from the committed seeds' spread).")
-    parts = [f"vs {'the dense network' if r.b == DENSE else _label(r.b)}: {r.verdict} "
-             f"{_share(r.survives)} ({_needed(r.seeds_needed)} seeds)"
-             for r in stated.itertuples()]
-    robust = [f"vs {'the dense network' if r.b == DENSE else _label(r.b)}"
-              for r in stated.itertuples() if r.survives >= stats.REPLICATION_TARGET]
+    rows = [(f"vs {'the dense network' if r.b == DENSE else _label(r.b)}", r)
+            for r in stated.itertuples()]
+    parts = [f"{name}: {r.verdict} {_share(r.survives)} ({_needed(r.seeds_needed)} seeds)"
+             for name, r in rows]
+    robust = [name for name, r in rows if r.survives >= stats.REPLICATION_TARGET]
     firm = (f" Robust (kept at least {_share(stats.REPLICATION_TARGET)} of the time): "
             + (", ".join(robust) if robust else "none")
             + "; a rerun may change the others.")
@@ -260,13 +263,13 @@ def headline_verdicts(comps: pd.DataFrame) -> dict[str, str]:
     if vs_dense.empty:
         return {}
     deepest = vs_dense.iloc[-1]
-    found = {f"round {int(deepest['round'])} vs dense": str(deepest.verdict)}
+    found = {verdict_name(deepest["round"], DENSE): str(deepest.verdict)}
     matching = vs_dense[vs_dense["verdict"] == "matches"]
     found["sparsest trunk round that matches dense"] = (
         f"round {int(matching.iloc[-1]['round'])}" if len(matching) else "none")
     found["trunk rounds vs dense"] = _tally(vs_dense)
     for rnd, at in branches.items():
-        found.update({f"round {rnd} vs {b}": str(at.loc[b, "verdict"]) for b in at.index})
+        found.update({verdict_name(rnd, b): str(at.loc[b, "verdict"]) for b in at.index})
     return found
 
 
@@ -744,7 +747,7 @@ def kept_shares(replication: pd.DataFrame | None) -> dict[str, float]:
     ``headline_verdicts``."""
     if replication is None or replication.empty:
         return {}
-    return {f"round {int(r.round)} vs {r.b}": float(r.survives) for r in replication.itertuples()
+    return {verdict_name(r.round, r.b): float(r.survives) for r in replication.itertuples()
             if not pd.isna(r.survives)}
 
 

@@ -87,14 +87,18 @@ IMAGES_ONLY = "images only (1 seed)"
 
 def verdict(lo: float, hi: float, margin: float = EQUIVALENCE_MARGIN_DB) -> str:
     """``matches`` / ``better`` / ``worse`` / ``inconclusive`` for the interval ``[lo, hi]`` of a
-    difference ``a - b`` (rules in the module docstring)."""
-    if -margin <= lo and hi <= margin:
-        return "matches"
-    if lo > 0:
-        return "better"
-    if hi < 0:
-        return "worse"
-    return "inconclusive"
+    difference ``a - b`` (rules in the module docstring; ``verdicts`` holds them)."""
+    return str(verdicts(lo, hi, margin))
+
+
+def verdicts(lo: np.ndarray, hi: np.ndarray, margin: float = EQUIVALENCE_MARGIN_DB
+             ) -> np.ndarray:
+    """The verdict of every interval ``[lo, hi]`` (arrays of equal shape): ``matches`` when
+    ``-margin <= lo`` and ``hi <= margin``, else ``better`` when ``lo > 0``, else ``worse`` when
+    ``hi < 0``, else ``inconclusive``."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    return np.select([(-margin <= lo) & (hi <= margin), lo > 0, hi < 0],
+                     ["matches", "better", "worse"], "inconclusive")
 
 
 def chance_misses(n: int, level: float = LEVEL, confidence: float = LEVEL) -> int:
@@ -314,13 +318,6 @@ def comparisons(metrics: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB,
 
 
 # ----- how often a verdict replicates ---------------------------------------------------------------
-
-def verdicts(lo: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
-    """``verdict`` of many intervals at once (arrays of equal shape; the same rules)."""
-    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-    return np.select([(-margin <= lo) & (hi <= margin), lo > 0, hi < 0],
-                     ["matches", "better", "worse"], "inconclusive")
-
 
 def _draw_weights(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> np.ndarray:
     """Bootstrap weights: for each of ``shape`` replicates, how often each of ``n`` items is drawn
