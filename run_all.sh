@@ -2,7 +2,7 @@
 # Reproduce the whole study through papermill.
 #   ./run_all.sh [params/X.yaml] [--force STAGE]... [--results DIR] [--jobs N] [--gpus N]
 # Default: params/default.yaml (the embedded CPU study). Finished stages are skipped; --force STAGE
-# moves a stage's outputs aside and runs it again (`python -m mirl_lib.stages list PARAMS` names them).
+# moves a stage's outputs aside and runs it again (`python -m mirl_lib stages list PARAMS` names them).
 # --gpus N trains every point under torchrun with N processes (one per GPU); one GPU needs nothing.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,4 +12,4 @@ if [ $# -gt 0 ] && [[ "$1" != --* ]]; then
   params="$1"
   shift
 fi
-exec python -m mirl_lib.stages run "$params" "$@"
+exec python -m mirl_lib stages run "$params" "$@"

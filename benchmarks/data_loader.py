@@ -32,16 +32,15 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from layouts import make_mirl  # noqa: E402
-from mirl_lib.config import DataConfig  # noqa: E402
-from mirl_lib.data import build_train_source, step_batches  # noqa: E402
-from mirl_lib.device import device_name, resolve_device  # noqa: E402
-from mirl_lib.fileio import atomic_write_text  # noqa: E402
-from mirl_lib.masks import MaskEnforcer, full_mask  # noqa: E402
-from mirl_lib.model import build_model, count_parameters  # noqa: E402
-from mirl_lib.pruning import global_magnitude  # noqa: E402
+from mirl_lib.core.config import DataConfig  # noqa: E402
+from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
+from mirl_lib.data.layouts import make_mirl  # noqa: E402
+from mirl_lib.data.stream import build_train_source, step_batches  # noqa: E402
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.net.promptir import build_model, count_parameters  # noqa: E402
+from mirl_lib.pruning.masks import MaskEnforcer, full_mask  # noqa: E402
+from mirl_lib.pruning.rules import global_magnitude  # noqa: E402
 
 PATCH, BATCH = 64, 8  # params/paper.yaml
 SIZES = {"WED": (375, 500), "BSD400": (321, 481), "Rain100L": (321, 481), "OTS": (413, 550),

@@ -3,7 +3,7 @@
 Trains the dense network of a params file (default ``params/default.yaml``) with the patch size,
 batch size, learning rate and step count given here, keeps its weights at the ``--at`` steps, and
 scores each snapshot and the final network on the bundled test photos and on the held-out check
-(``mirl_lib.heldout``: unseen photos, out-of-range rain and haze). Appends one row per (snapshot,
+(``mirl_lib.data.heldout``: unseen photos, out-of-range rain and haze). Appends one row per (snapshot,
 set, task) to ``results/benchmarks/dense_probe.csv``: the PSNR gain and the SSIM change over the
 degraded input, which is what the full tier's bars are about (>= +3 dB and rising SSIM on every
 task of the test photos; beating the input on every held-out task)::
@@ -29,14 +29,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mirl_lib.checkpoints import load_model  # noqa: E402
-from mirl_lib.config import load_config  # noqa: E402
-from mirl_lib.data import build_train_source, load_test_set  # noqa: E402
-from mirl_lib.evaluate import evaluate, task_means  # noqa: E402
-from mirl_lib.fileio import atomic_write_text  # noqa: E402
-from mirl_lib.heldout import load_heldout_set  # noqa: E402
-from mirl_lib.model import build_model  # noqa: E402
-from mirl_lib.train import train  # noqa: E402
+from mirl_lib.core.config import load_config  # noqa: E402
+from mirl_lib.core.protocol import task_means
+from mirl_lib.data.heldout import load_heldout_set  # noqa: E402
+from mirl_lib.data.stream import build_train_source
+from mirl_lib.data.testset import load_test_set
+from mirl_lib.evaluation.scoring import evaluate
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.net.checkpoints import load_model  # noqa: E402
+from mirl_lib.net.promptir import build_model  # noqa: E402
+from mirl_lib.training.loop import train  # noqa: E402
 
 OUT = REPO / "results" / "benchmarks" / "dense_probe.csv"
 

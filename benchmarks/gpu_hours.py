@@ -26,8 +26,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mirl_lib.fileio import atomic_write_text  # noqa: E402
-from mirl_lib.stages import open_study  # noqa: E402
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.study.study import open_study  # noqa: E402
 
 PUBLISHED_EPOCH = 3 * 3 * (4_744 + 400) + 200 * 120 + 72_135  # 142,431 samples
 

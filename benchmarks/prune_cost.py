@@ -19,11 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mirl_lib.fileio import atomic_write_text  # noqa: E402
-from mirl_lib.masks import full_mask  # noqa: E402
-from mirl_lib.model import build_model, count_parameters  # noqa: E402
-from mirl_lib.pruning import global_magnitude, layerwise_magnitude, random_mask  # noqa: E402
-from mirl_lib.tickets import export_ticket, load_ticket  # noqa: E402
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.files.tickets import export_ticket, load_ticket  # noqa: E402
+from mirl_lib.net.promptir import build_model, count_parameters  # noqa: E402
+from mirl_lib.pruning.masks import full_mask  # noqa: E402
+from mirl_lib.pruning.rules import global_magnitude, layerwise_magnitude, random_mask  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -4,17 +4,17 @@ Run ``python benchmarks/train_step.py`` on a quiet machine (nothing else using i
 ``results/benchmarks/train_step.csv`` (or ``--out``). ``--quick`` takes a few steps only, to check
 that the script works (its figures are not worth keeping).
 
-The step is the one ``mirl_lib.train`` runs for a pruning round of the study's default config
+The step is the one ``mirl_lib.training.loop`` runs for a pruning round of the study's default config
 (``params/default.yaml``: the model preset, AdamW settings, warm-up + cosine schedule through
-``mirl_lib.train.lr_factor``): forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` when
+``mirl_lib.training.loop.lr_factor``): forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` when
 the option says bf16, L1 loss on the float32 output, ``zero_grad``, backward with ``MaskEnforcer``
 zeroing the gradients of pruned weights, AdamW step, scheduler step. The mask is a ~50% global
-magnitude mask of the config's pruning scope (``mirl_lib.pruning.global_magnitude`` at rate 0.5),
+magnitude mask of the config's pruning scope (``mirl_lib.pruning.rules.global_magnitude`` at rate 0.5),
 one round's worth of the study. One fixed random batch: data loading is not timed.
 
-Options: ``fp32`` (what ``mirl_lib.train`` runs on the CPU), ``channels_last`` (inputs and 4-D
-weights in channels-last layout, ``mirl_lib.train._set_memory_format``), ``bf16`` autocast, and
-``bf16+channels_last`` (what ``mirl_lib.train`` runs on CUDA). Each is measured at every
+Options: ``fp32`` (what ``mirl_lib.training.loop`` runs on the CPU), ``channels_last`` (inputs and 4-D
+weights in channels-last layout, ``mirl_lib.training.loop.set_memory_format``), ``bf16`` autocast, and
+``bf16+channels_last`` (what ``mirl_lib.training.loop`` runs on CUDA). Each is measured at every
 ``--threads`` count and every ``--shapes`` batch x patch. Within one (threads, shape) group the
 options take turns step by step (after ``--warmup`` untimed steps each), so a change in background
 load touches every option alike. Time: ``time.perf_counter`` around each step; the row gives the
@@ -50,15 +50,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mirl_lib.benchrows import merge_rows  # noqa: E402
-from mirl_lib.config import PRESETS, TrainConfig, load_config  # noqa: E402
-from mirl_lib.device import device_name  # noqa: E402
-from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
-from mirl_lib.fileio import atomic_write_text  # noqa: E402
-from mirl_lib.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
-from mirl_lib.model import PromptIR, build_model  # noqa: E402
-from mirl_lib.pruning import global_magnitude  # noqa: E402
-from mirl_lib.train import _set_memory_format, lr_factor  # noqa: E402
+from benchrows import merge_rows  # noqa: E402
+
+from mirl_lib.core.config import PRESETS, TrainConfig, load_config  # noqa: E402
+from mirl_lib.core.device import device_name  # noqa: E402
+from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.net.promptir import PromptIR, build_model  # noqa: E402
+from mirl_lib.pruning.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
+from mirl_lib.pruning.rules import global_magnitude  # noqa: E402
+from mirl_lib.training.loop import (
+    lr_factor,
+    set_memory_format,  # noqa: E402
+)
 
 DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_step.csv"
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
@@ -118,7 +122,7 @@ class Setup:
                  batch: int, patch: int) -> None:
         self.option = option
         self.model = copy.deepcopy(template).train()
-        _set_memory_format(self.model, option.memory_format)
+        set_memory_format(self.model, option.memory_format)
         self.enforcer = MaskEnforcer(self.model, mask)
         self.optimizer = AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                weight_decay=cfg.weight_decay)
@@ -130,7 +134,7 @@ class Setup:
             .contiguous(memory_format=option.memory_format) for _ in range(2))
 
     def step(self) -> float:
-        """One training step as ``mirl_lib.train`` runs it; returns the loss."""
+        """One training step as ``mirl_lib.training.loop`` runs it; returns the loss."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.option.bf16):
             restored = self.model(self.degraded)
         loss = F.l1_loss(restored.float(), self.clean)

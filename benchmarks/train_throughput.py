@@ -1,15 +1,15 @@
 """Images/s and peak memory of the masked training step, per precision / layout / optimizer option.
 
 Run ``python benchmarks/train_throughput.py`` on the machine to measure. The step is the one
-``mirl_lib.train`` runs for a pruning round: forward (under bf16 autocast when the option says so),
+``mirl_lib.training.loop`` runs for a pruning round: forward (under bf16 autocast when the option says so),
 L1 loss on the float32 output, ``zero_grad``, backward with ``MaskEnforcer`` zeroing the gradients
 of pruned weights, AdamW step. The mask keeps a random 10% of every prunable tensor (``reference``
 scope, as ``params/paper.yaml``), so the masked path is what is timed. One fixed random batch lives
 on the device: data loading is not part of the step (``benchmarks/data_loader.py`` measures it).
 
 Options (``--options``, comma-separated, or ``all``): ``fp32`` (the CPU path of
-``mirl_lib.train``), ``bf16`` autocast, ``channels_last``, ``bf16+channels_last`` (the CUDA path of
-``mirl_lib.train``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``, else
+``mirl_lib.training.loop``), ``bf16`` autocast, ``channels_last``, ``bf16+channels_last`` (the CUDA path of
+``mirl_lib.training.loop``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``, else
 ``foreach=True`` where fused is not supported), ``bf16+channels_last+compile`` (``torch.compile`` of
 the model; the first step's time, compilation included, goes to the note), and the CPU's
 ``fp32+fused_adamw`` and ``fp32+compile``. ``DEFAULT_OPTIONS`` says which run by default on CUDA
@@ -52,15 +52,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mirl_lib.benchrows import merge_rows, one_line  # noqa: E402
-from mirl_lib.config import PRESETS  # noqa: E402
-from mirl_lib.device import device_name, resolve_device  # noqa: E402
-from mirl_lib.errors import ConfigError, MirlError  # noqa: E402
-from mirl_lib.fileio import atomic_write_text  # noqa: E402
-from mirl_lib.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
-from mirl_lib.model import PromptIR, build_model, count_parameters  # noqa: E402
-from mirl_lib.pruning import random_mask  # noqa: E402
-from mirl_lib.train import _set_memory_format  # noqa: E402
+from benchrows import merge_rows, one_line  # noqa: E402
+
+from mirl_lib.core.config import PRESETS  # noqa: E402
+from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
+from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.net.promptir import PromptIR, build_model, count_parameters  # noqa: E402
+from mirl_lib.pruning.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
+from mirl_lib.pruning.rules import random_mask  # noqa: E402
+from mirl_lib.training.loop import set_memory_format  # noqa: E402
 
 DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_throughput.csv"
 COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "parameters", "batch",
@@ -98,7 +99,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 # Measured unless --options says otherwise. On CUDA: the training path of mirl_lib.train
 # (bf16+channels_last) and the steps towards it, then fused AdamW and torch.compile on top of it
 # (compile last: it takes longest, and the rows before it are already written). On the CPU, where
-# mirl_lib.train runs fp32: channels_last and fused AdamW on top of fp32. Left out on the CPU:
+# mirl_lib.training.loop runs fp32: channels_last and fused AdamW on top of fp32. Left out on the CPU:
 # bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than fp32 on
 # the 2-core AVX2 machine of this repository; its row is in the committed CSV), and torch.compile,
 # whose C++ build of even the tiny preset took 11 minutes there (then 1.7x faster steps). Name them
@@ -171,7 +172,7 @@ def benchmark_mask(model: PromptIR, density: float = DENSITY, seed: int = 0) -> 
 
 def make_optimizer(model: PromptIR, option: Option, device: torch.device
                    ) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW as ``mirl_lib.train`` builds it, or fused (else foreach) for ``fused_adamw``;
+    """AdamW as ``mirl_lib.training.loop`` builds it, or fused (else foreach) for ``fused_adamw``;
     returns the optimizer and a note on what was used."""
     params = list(model.parameters())
     if not option.fused_adamw:
@@ -187,7 +188,7 @@ def make_optimizer(model: PromptIR, option: Option, device: torch.device
 
 def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
               device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One training step on a (degraded, clean) batch, as in ``mirl_lib.train``; returns the
+    """One training step on a (degraded, clean) batch, as in ``mirl_lib.training.loop``; returns the
     detached loss (no host synchronization)."""
     net = torch.compile(model) if option.compile else model
 
@@ -241,7 +242,7 @@ def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device
         torch.cuda.reset_peak_memory_stats(device)
     memory_format = torch.channels_last if option.channels_last else torch.contiguous_format
     model = copy.deepcopy(template).to(device).train()
-    _set_memory_format(model, memory_format)
+    set_memory_format(model, memory_format)
     enforcer = MaskEnforcer(model, {n: m.to(device) for n, m in mask.items()})
     try:
         optimizer, note = make_optimizer(model, option, device)
@@ -267,9 +268,9 @@ def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device
         if device.type != "cuda" and hasattr(os, "getloadavg"):
             notes.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         if option.bf16 and device.type != "cuda":
-            notes.append("mirl_lib.train uses bf16 on CUDA only")
+            notes.append("mirl_lib.training.loop uses bf16 on CUDA only")
         if option.channels_last and device.type != "cuda":
-            notes.append("mirl_lib.train uses channels_last on CUDA only")
+            notes.append("mirl_lib.training.loop uses channels_last on CUDA only")
         if device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, \
                 "torch.cuda.max_memory_allocated"

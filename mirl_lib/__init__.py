@@ -1,19 +1,8 @@
 """mirl: lottery tickets in all-in-one image restoration (PromptIR, MIR-L).
 
-The package namespace is lazy, so ``import mirl_lib.fileio`` (or ``errors``) loads no torch.
+The packages are the pipeline's stages, each on a floor (``docs/architecture.md``): ``core``,
+``files``, ``net`` and ``data``, ``pruning``, ``training`` and ``evaluation``, ``study``,
+``report``, ``viewer``, ``runner``, ``cli``. A module imports only from its own package and from
+packages on lower floors (``tests/test_architecture.py`` checks it). Importing ``mirl_lib`` loads
+nothing else.
 """
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {"Config": "mirl_lib.config", "load_config": "mirl_lib.config",
-            "MirlError": "mirl_lib.errors", "PromptIR": "mirl_lib.model",
-            "build_model": "mirl_lib.model"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mirl_lib' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -33,7 +33,7 @@ echo "first run exit $? (130 = interrupted as planned)"; tail -n 3 "$out/gpu_smo
 timeout 220 ./run_all.sh "$params" --results "$work" --jobs 1 \
   > "$out/gpu_smoke.log" 2>&1
 echo "second run exit $?"; tail -n 12 "$out/gpu_smoke.log"
-run="$work/$(python -c "from mirl_lib.config import load_config; print(load_config('$params').study.name)")"
+run="$work/$(python -c "from mirl_lib.core.config import load_config; print(load_config('$params').study.name)")"
 cp "$run/summary.md" "$run/metrics.csv" "$run/catalog.csv" "$out/" 2>/dev/null
 python - "$run" "$out/points.csv" <<'PY'
 import json, sys

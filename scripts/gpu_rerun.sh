@@ -5,7 +5,7 @@
 # The params file is copied with train.device set to cuda (a runtime field: the config hash and
 # so the run's identity stay the same); set train.bf16: false in it, or the GPU trains in bf16.
 # $PYTHON (default python) trains and scores every point through
-# `python -m mirl_lib.stages points` (the stages of
+# `python -m mirl_lib stages points` (the stages of
 # ./run_all.sh without notebooks: a GPU image need not have Jupyter), JOBS stages at a time.
 # OUT_DIR gets gpu.csv, run.log, points.csv (each point's seconds), metrics.csv and heldout.csv
 # (gathered from the points that finished, also when LIMIT_S stopped the run). Then, here:
@@ -31,7 +31,7 @@ fi
 start=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python}
-timeout -s INT "$limit" "$python" -m mirl_lib.stages points "$gpu_params" --results "$work/results" \
+timeout -s INT "$limit" "$python" -m mirl_lib stages points "$gpu_params" --results "$work/results" \
   --jobs "$jobs" > "$out/run.log" 2>&1
 echo "run exit $? after $(($(date +%s) - start)) s" | tee -a "$out/run.log"
 "$python" - "$gpu_params" "$work/results" "$out" <<'PY'
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mirl_lib.config import load_config
-from mirl_lib.lottery import Study
+from mirl_lib.core.config import load_config
+from mirl_lib.study.study import Study
 
 cfg = load_config(sys.argv[1])
 study = Study(cfg, Path(sys.argv[2]) / cfg.study.name)

@@ -1,81 +1,42 @@
-"""Fixtures for the viewer tests: a small finished run folder built from the tiny preset."""
+"""Session-wide fixtures: the working tree is left as found, and one smoke study through
+``./run_all.sh`` (interrupted once and resumed) that every test reading a finished study shares."""
 from __future__ import annotations
 
-import shutil
+import os
+import signal
 import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import asdict
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import torch
-import yaml
+from smoke import SMOKE, SmokeRun, run_all
 
-from mirl_lib import masks, tickets
-from mirl_lib.config import config_from_dict
-from mirl_lib.model import build_model
-
-# (seed, strategy, round, fraction of prunable weights kept by a random mask)
-VIEWER_POINTS: tuple[tuple[int, str, int, float], ...] = (
-    (0, "dense", 0, 1.0), (0, "rewind", 1, 0.5), (0, "rewind", 2, 0.25),
-    (0, "finetune", 2, 0.25), (1, "dense", 0, 1.0))
-
-
-def _build_run(root: Path) -> Path:
-    """Write ``root/results/default`` (config.yaml, tickets, catalog.csv) and return its path."""
-    run = root / "results" / "default"
-    run.mkdir(parents=True)
-    cfg = config_from_dict({
-        "model": {"preset": "tiny"},
-        "data": {"source": "bundled", "tasks": ["denoise_25", "derain"], "test_max_side": 64,
-                 "test_per_task": 2},
-        "study": {"seeds": [0, 1]}})
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    rows = []
-    for seed, strategy, rnd, keep in VIEWER_POINTS:
-        model = build_model("tiny", seed=seed)
-        with torch.no_grad():  # a visible, colour-shifting "restoration" so screens differ clearly
-            model.output.weight.mul_(8.0)
-        gen = torch.Generator().manual_seed(1000 * seed + 10 * rnd + len(strategy))
-        mask = {n: torch.rand(m.shape, generator=gen) < keep if keep < 1 else m
-                for n, m in masks.full_mask(model).items()}
-        state = {n: t * mask[n] if n in mask else t for n, t in model.state_dict().items()}
-        frac = masks.sparsity(mask, model)
-        ticket = Path(f"seed_{seed}") / strategy / f"round_{rnd:02d}" / "ticket.mirl"
-        meta = {"model_config": asdict(cfg.model), "strategy": strategy, "round": rnd,
-                "seed": seed, "remaining_all": frac["remaining_all"],
-                "remaining_prunable": frac["remaining_prunable"]}
-        (run / ticket).parent.mkdir(parents=True)
-        tickets.export_ticket(state, mask, run / ticket, meta)
-        rows.append({"seed": seed, "strategy": strategy, "round": rnd,
-                     "remaining_all": frac["remaining_all"],
-                     "remaining_prunable": frac["remaining_prunable"],
-                     "ticket": str(ticket), "mean_psnr": 20.0 + rnd})
-    pd.DataFrame(rows).to_csv(run / "catalog.csv", index=False)
-    return run
+from mirl_lib.core.config import load_config
+from mirl_lib.core.names import TRUNK
+from mirl_lib.files.paths import CHECKOUT, SUMMARY_FILE
+from mirl_lib.study.study import Study
 
 
 @pytest.fixture(scope="session")
-def viewer_make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
-    """A builder: ``viewer_make_run(root)`` puts a small run at ``root/results/default``.
-
-    The run is built once per session and copied (with file times) for each caller.
-    """
-    template = _build_run(tmp_path_factory.mktemp("viewer_template"))
-
-    def make(root: Path) -> Path:
-        run = root / "results" / "default"
-        shutil.copytree(template, run)
-        return run
-
-    return make
-
-
-@pytest.fixture
-def viewer_run(tmp_path: Path, viewer_make_run: Callable[[Path], Path]) -> Path:
-    """A small finished run folder (tiny preset, bundled 64 px test images, 5 tickets)."""
-    return viewer_make_run(tmp_path)
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """The smoke study through ``./run_all.sh``, killed once its first trunk round is done, then
+    run again to the end (one per test session; tests that change it restore what they change)."""
+    results = tmp_path_factory.mktemp("smoke_results")
+    study = Study(load_config(SMOKE), results / "smoke")
+    proc = subprocess.Popen([str(CHECKOUT / "run_all.sh"), str(SMOKE), "--results", str(results),
+                             "--jobs", "1"], cwd=CHECKOUT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while not study.is_done(0, TRUNK, 1) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert study.is_done(0, TRUNK, 1), "the first run never finished round 1"
+    assert not (study.run_dir / SUMMARY_FILE).exists()
+    second = run_all(SMOKE, results)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return SmokeRun(study.run_dir, second.stdout)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,1 @@
+"""Floor 9: the command line, python -m mirl_lib COMMAND."""

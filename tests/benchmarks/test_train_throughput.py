@@ -1,0 +1,133 @@
+"""``benchmarks/train_throughput.py``: its rows, its CSV merge, failing options, its imports."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+import torch
+from script_loader import script_fixture
+
+from mirl_lib.core.device import device_name
+from mirl_lib.files.paths import CHECKOUT
+
+ROOT = CHECKOUT
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+bench = script_fixture(SCRIPT, "train_throughput")
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)  # the benchmark sets --threads for the whole process
+
+
+def tiny_run(out: Path, *extra: str) -> list[str]:
+    return ["--device", "cpu", "--preset", "tiny", "--batch", "2", "--patch", "32", "--steps", "2",
+            "--warmup", "1", "--threads", "1", "--out", str(out), *extra]
+
+
+def test_rows_and_merge_keep_other_devices(bench: ModuleType, tmp_path: Path, one_thread: None,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "throughput.csv"
+    facts = {"device": "cuda", "device_name": "Some GPU", "torch": "2.11.0+cu130",
+             "preset": "tiny", "parameters": 1, "batch": 2, "patch": 32, "option": "fp32",
+             "step_ms": 1.0, "images_per_s": 2000.0, "peak_mem_mb": 10.0,
+             "mem_kind": "torch.cuda.max_memory_allocated", "threads": 1, "note": ""}
+    cpu_name = device_name(torch.device("cpu"))
+    cpu = {**facts, "device": "cpu", "device_name": cpu_name, "note": "old"}
+    old = pd.DataFrame([facts,  # another device: kept
+                        {**cpu, "option": "fp32"},  # the same device and settings: replaced
+                        {**cpu, "option": "bf16"},  # another option: kept
+                        {**cpu, "option": "channels_last", "threads": 2}])  # other threads: kept
+    old.to_csv(out, index=False)
+    assert bench.main(tiny_run(out, "--options", "fp32,channels_last")) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out, keep_default_na=False, na_values=[""])
+    assert list(table.columns) == list(bench.COLUMNS)
+    assert list(table["option"]) == ["fp32", "bf16", "channels_last", "fp32", "channels_last"]
+    assert list(table["device_name"][:3]) == ["Some GPU", cpu_name, cpu_name]
+    assert list(table["threads"][:3]) == [1, 1, 2] and list(table["note"][1:3]) == ["old", "old"]
+    new = table.iloc[3:]
+    assert set(new["device"]) == {"cpu"} and set(new["preset"]) == {"tiny"}
+    assert set(new["threads"]) == {1} and set(new["batch"]) == {2} and set(new["patch"]) == {32}
+    assert set(new["torch"]) == {torch.__version__}
+    assert (new["parameters"] == sum(p.numel() for p in
+                                     bench.build_model("tiny").parameters())).all()
+    assert (new["step_ms"] > 0).all() and (new["peak_mem_mb"] > 0).all()
+    for row in new.itertuples():
+        assert row.images_per_s == pytest.approx(2 / row.step_ms * 1000, rel=0.01)
+        assert row.mem_kind.startswith("process peak RSS") and "first step" in row.note
+    assert "channels_last on CUDA only" in new["note"].iloc[1]
+    assert "fp32" in printed and "channels_last" in printed and str(out) in printed
+
+
+def test_a_failing_option_is_recorded(bench: ModuleType, tmp_path: Path, one_thread: None,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compiler(model: torch.nn.Module, **kwargs: object) -> torch.nn.Module:
+        raise RuntimeError("inductor needs a C++ compiler\nsecond line of the log")
+
+    monkeypatch.setattr(bench.torch, "compile", no_compiler)
+    out = tmp_path / "throughput.csv"
+    assert bench.main(tiny_run(out, "--options", "fp32+compile,fp32+fused_adamw")) == 0
+    table = pd.read_csv(out)
+    failed, fused = table.iloc[0], table.iloc[1]
+    assert failed["option"] == "fp32+compile" and math.isnan(failed["step_ms"])
+    assert failed["note"] == ("failed: RuntimeError: inductor needs a C++ compiler second line "
+                              "of the log")
+    assert fused["step_ms"] > 0 and "AdamW(f" in fused["note"]
+
+
+def test_the_mask_is_kept(bench: ModuleType) -> None:
+    model = bench.build_model("tiny", seed=0)
+    mask = bench.benchmark_mask(model)
+    kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+    assert kept == pytest.approx(bench.DENSITY, abs=0.01)
+    got = bench.measure(bench.Option("fp32"), model, mask, torch.device("cpu"), 2, 16, 1, 1)
+    assert got.step_ms > 0
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--options", "fp32,turbo"], "unknown option(s) ['turbo']"),
+    (["--patch", "20"], "--patch 20: must be a multiple of 8"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+])
+def test_bad_arguments_are_one_line(bench: ModuleType, tmp_path: Path, argv: list[str],
+                                    problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "throughput.csv"
+    assert bench.main(["--device", "cpu", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and problem in err[0]
+    assert not out.exists()
+
+
+def test_foreign_csv_is_refused(bench: ModuleType, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "throughput.csv"
+    out.write_text("operation,seconds\nglobal_round,1.2\n")
+    assert bench.main(tiny_run(out)) == 2
+    assert f"error: {out}: not a train_throughput CSV" in capsys.readouterr().err
+    assert out.read_text() == "operation,seconds\nglobal_round,1.2\n"
+
+
+@pytest.mark.slow
+def test_imports_no_notebook_tooling() -> None:
+    """The benchmark runs on a GPU image without the notebook stack (scikit-image and scipy, which
+    the training data source needs, are there)."""
+    code = (f"import sys; sys.argv = ['x']; sys.path.insert(0, {str(SCRIPT.parent)!r}); import runpy; "
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='not_main'); "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'papermill', 'jupyter', "
+            "'jupyter_client', 'ipywidgets', 'IPython', 'nbformat', 'nbconvert', 'ipykernel', "
+            "'matplotlib', 'seaborn'}); print(bad)")
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=ROOT.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
