@@ -122,7 +122,7 @@ def test_imports_go_down_the_floors_and_form_no_cycle() -> None:
 
 @pytest.mark.parametrize("planted, expected", [
     # an upward import inside a function body of the ground floor
-    ("core/names.py", "core.names:{line} imports report.stats: up from floor 0 (core) to floor 6"),
+    ("core/names.py", "core.names:{line} imports report.intervals: up from floor 0 (core) to floor 6"),
     # across one floor: net and data are both on floor 2
     ("net/sizing.py", "net.sizing:{line} imports data.photos: across floor 2, from net to data"),
 ])
@@ -130,7 +130,7 @@ def test_a_planted_import_that_breaks_the_rule_is_named(tmp_path: Path, planted:
                                                         expected: str) -> None:
     root = shutil.copytree(CHECKOUT / "mirl_lib", tmp_path / "mirl_lib",
                            ignore=shutil.ignore_patterns("__pycache__"))
-    target = {"core/names.py": "mirl_lib.report import stats",
+    target = {"core/names.py": "mirl_lib.report import intervals",
               "net/sizing.py": "mirl_lib.data.photos import BUNDLED_TEST"}[planted]
     path = root / planted
     lines = path.read_text().splitlines()
@@ -155,7 +155,7 @@ def test_a_planted_cycle_is_named(tmp_path: Path) -> None:
 
 def test_the_ground_floor_and_the_statistics_load_without_torch() -> None:
     code = ("import sys; import mirl_lib.core.errors, mirl_lib.core.names, mirl_lib.core.config, "
-            "mirl_lib.files.atomic, mirl_lib.files.paths, mirl_lib.report.stats; "
+            "mirl_lib.files.atomic, mirl_lib.files.paths, mirl_lib.report.intervals; "
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=CHECKOUT, timeout=120)

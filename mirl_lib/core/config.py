@@ -345,6 +345,54 @@ class StudyConfig(_Section):
                  "every entry must be in (0, 1)")
 
 
+# The kinds of primary comparison (``analysis.primary``; ``mirl_lib.report.primary``).
+PRIMARY_KINDS: tuple[str, ...] = ("noninferiority", "superiority", "equivalence")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig(_Section):
+    """How a finished study is judged; none of it changes a point (every field is a runtime one).
+
+    ``primary``: the comparisons declared before the data, each ``<strategy>:<kind>``: the ticket
+    at the deepest branch round against that strategy (the dense network: ``dense``), all-in-one
+    PSNR, as ``noninferiority`` (the ticket is not worse by more than ``margin_db``),
+    ``superiority`` (it is better) or ``equivalence`` (two one-sided tests: within
+    ``±margin_db``). Their p-values are Holm-corrected together at family-wise ``alpha``; every
+    other comparison is an exploratory estimate with its interval. ``margin_reason`` says why the
+    margin is what it is (the summary quotes it). ``power``: the power a comparison should have;
+    the report says how many seeds it needs for it. ``level``: the intervals' confidence.
+    """
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("primary", "margin_db", "margin_reason", "alpha",
+                                          "power", "level")
+
+    primary: tuple[str, ...] = ("dense:noninferiority", "reinit:superiority",
+                                "random_mask:superiority", "small_dense:superiority",
+                                "late_rewind:equivalence", "finetune:equivalence")
+    margin_db: float = 0.25
+    margin_reason: str = ""
+    alpha: float = 0.05
+    power: float = 0.8
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        _require(self.margin_db > 0, "analysis.margin_db", "must be positive (dB)")
+        _require(0 < self.alpha < 0.5, "analysis.alpha", "must be in (0, 0.5)")
+        _require(0 < self.power < 1, "analysis.power", "must be in (0, 1)")
+        _require(0.5 < self.level < 1, "analysis.level", "must be in (0.5, 1)")
+        for item in self.primary:
+            vs, _, kind = item.partition(":")
+            _require(bool(vs) and kind in PRIMARY_KINDS, "analysis.primary",
+                     f"{item!r}: write <strategy>:<kind>, kind one of "
+                     f"{', '.join(PRIMARY_KINDS)}")
+        names = [item.partition(":")[0] for item in self.primary]
+        _require(len(set(names)) == len(names), "analysis.primary", "names a strategy twice")
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """``[(strategy, kind), ...]`` in the declared order."""
+        return [tuple(item.split(":", 1)) for item in self.primary]  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole study configuration."""
@@ -354,6 +402,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serializable dict (tuples become lists)."""
@@ -476,7 +525,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise ConfigError(f"unknown section(s) {unknown}; known sections: {list(sections)}")
         hints = typing.get_type_hints(Config)
         built = {"model": model_config(data.get("model") or {})}
-        for name in ("data", "train", "prune", "study"):
+        for name in ("data", "train", "prune", "study", "analysis"):
             section = _durations(data.get(name)) if name == "train" else data.get(name)
             built[name] = section_from_dict(hints[name], section, name)
         return Config(**built)

@@ -44,11 +44,11 @@ def die_with_parent() -> None:
 
 
 def module_command(module: str, *args: str) -> list[str]:
-    """The command that runs ``python -m module args`` as a child dying with its parent: forked
-    from the warm zygote when one is running (``Zygote``; the command is then its small caller),
-    else a fresh interpreter."""
+    """The command that runs ``python -m module args`` as a child dying with its parent: while a
+    warm zygote runs (``Zygote``), its small caller, which has the child forked from the zygote
+    (or runs the module itself while the zygote is still importing); else a fresh interpreter."""
     path = os.environ.get(zygote.ENV)
-    if path and os.path.exists(path):
+    if path:
         return [sys.executable, "-m", "mirl_lib.core.zygote", "run", path, module, *args]
     return [sys.executable, "-m", "mirl_lib.core.processes", module, *args]
 
@@ -56,15 +56,16 @@ def module_command(module: str, *args: str) -> list[str]:
 class Zygote:
     """A warm zygote (``mirl_lib.core.zygote``) for the commands of ``module_command`` while the
     ``with`` block runs: it imports ``preload`` once, then every command (papermill, a Jupyter
-    kernel, a point-training process) is a child forked from it instead of a fresh interpreter.
-    Its socket path is in the environment (``zygote.ENV``) that children inherit. Where it cannot
-    start (no ``os.fork``, an import failing, no answer within ``timeout`` s) the block runs with
-    fresh interpreters, after one warning on stderr."""
+    kernel, a point-training process, a torchrun rank) is a child forked from it instead of a fresh
+    interpreter. Its socket path is in the environment (``zygote.ENV``) that children inherit.
+    Nothing waits for it: until it has imported everything, commands start fresh interpreters as
+    before. Where it cannot start (no ``os.fork``, an import failing) they always do, after one
+    warning on stderr."""
 
-    def __init__(self, preload: tuple[str, ...], env: dict[str, str] | None = None,
-                 timeout: float = 300.0) -> None:
-        self.preload, self.env, self.timeout = preload, env, timeout
+    def __init__(self, preload: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+        self.preload, self.env = preload, env
         self.proc: subprocess.Popen | None = None
+        self.ready = threading.Event()
         self._folder: tempfile.TemporaryDirectory | None = None
         self._before: str | None = None
         self._set = False
@@ -74,24 +75,31 @@ class Zygote:
             return self
         self._folder = tempfile.TemporaryDirectory(prefix="mirl-zygote-")
         path = os.path.join(self._folder.name, "socket")
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [sys.executable, "-m", "mirl_lib.core.zygote", "serve", path, *self.preload],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
             env=self.env if self.env is not None else os.environ)
-        ready = threading.Event()
-        threading.Thread(target=lambda: ready.set() if self.proc.stdout.readline() == "ready\n"
-                         else None, daemon=True).start()
-        deadline = time.time() + self.timeout
-        while not ready.wait(0.1) and self.proc.poll() is None and time.time() < deadline:
-            pass
-        if not ready.is_set() or self.proc.poll() is not None:
-            print(f"warning: the warm start did not come up ({self.proc.poll() or 'no answer'});"
-                  f" every stage starts a fresh interpreter", file=sys.stderr, flush=True)
-            self._stop()
-            return self
+
+        def watch() -> None:
+            if proc.stdout.readline() == "ready\n":
+                self.ready.set()
+            elif self._set:
+                print(f"warning: the warm start did not come up (exit {proc.wait()}); every "
+                      f"stage starts a fresh interpreter", file=sys.stderr, flush=True)
+
+        threading.Thread(target=watch, daemon=True).start()
         self._before, self._set = os.environ.get(zygote.ENV), True
         os.environ[zygote.ENV] = path
         return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the zygote has imported everything within ``timeout`` seconds (False at once
+        when it has ended)."""
+        deadline = time.time() + timeout
+        while not self.ready.wait(0.05):
+            if self.proc is None or self.proc.poll() is not None or time.time() > deadline:
+                return self.ready.is_set()
+        return True
 
     def __exit__(self, *exc: object) -> None:
         if self._set and self._before is None:
@@ -99,9 +107,6 @@ class Zygote:
         elif self._set:
             os.environ[zygote.ENV] = self._before
         self._set = False
-        self._stop()
-
-    def _stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             kill_tree(self.proc)
         if self._folder is not None:

@@ -17,7 +17,7 @@ environment, writing to the caller's standard streams, so what it computes is un
 - ``python -m mirl_lib.core.zygote run SOCKET MODULE ARGS...`` is the caller: a small process
   (standard library only) that stands in for the child: it forwards signals to it, waits for it and
   exits with its status (``-N`` for a child killed by signal N, as ``subprocess`` reports it).
-  Without a reachable zygote it runs the module itself, cold.
+  Without a reachable zygote (still importing, or gone) it runs the module itself, cold.
 
 Fork safety: the zygote only imports (it runs no tensor operation, so no thread pool exists when it
 forks) and is single-threaded (a ``selectors`` loop). Linux only (``fork``, ``SCM_RIGHTS``); the

@@ -3,7 +3,8 @@ name in it. No other module spells a point folder or a file name of a run.
 
 A run folder (``<results>/<study.name>``)::
 
-    config.yaml  metrics.csv  heldout.csv  catalog.csv  comparisons.csv  summary.md  report.html
+    config.yaml  metrics.csv  heldout.csv  catalog.csv  comparisons.csv  primary.csv  summary.md
+    report.html
     figures/*.png  notebooks/*.ipynb  reference/ (the committed tables, kept before a rerun)
     seed_<s>/dense/                    round 0: init.pt, weights_step<k>.pt, final.pt, ...
     seed_<s>/<strategy>/round_<rr>/    mask.pt, mask_report.csv, final.pt, history.csv,
@@ -37,7 +38,7 @@ METRICS_FILE = "metrics.csv"
 HELDOUT_FILE = "heldout.csv"
 CATALOG_FILE = "catalog.csv"
 COMPARISONS_FILE = "comparisons.csv"
-REPLICATION_FILE = "replication.csv"
+PRIMARY_FILE = "primary.csv"
 REPRODUCTION_FILE = "reproduction.csv"
 SUMMARY_FILE = "summary.md"
 REPORT_FILE = "report.html"

@@ -27,8 +27,8 @@ from mirl_lib.study import strategies  # noqa: E402
 matplotlib.use("Agg")
 
 
-VERDICT_COLOURS = {"matches": "tab:green", "better": "tab:blue", "worse": "tab:red",
-                   "inconclusive": "tab:gray"}
+DECISION_COLOURS = {"shown": "tab:blue", "not shown": "tab:gray", "undecidable": "tab:orange",
+                    "exploratory": "black"}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -39,8 +39,11 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def psnr_vs_remaining(metrics: pd.DataFrame, path: Path) -> Path:
-    """PSNR against remaining weights, one panel per task (+ all-in-one), one line per strategy.
+def psnr_vs_remaining(metrics: pd.DataFrame, path: Path, curve: pd.DataFrame | None = None
+                      ) -> Path:
+    """PSNR against remaining weights, one panel per task (+ all-in-one), one line per strategy,
+    and with ``curve`` (``report.comparisons.trunk_curve``) a last panel: ticket − dense over the
+    trunk rounds with its 95% intervals and the simultaneous band.
 
     Each point is the mean over seeds of the per-seed means; with several seeds the bands show
     one standard deviation over seeds (and the dense line its own band), as the title says.
@@ -55,41 +58,66 @@ def psnr_vs_remaining(metrics: pd.DataFrame, path: Path) -> Path:
     tasks = task_order({*means["task"], ALL_IN_ONE})
     sparse = means[means["strategy"] != dense_label]
     hue_order = [label.get(s, s) for s in present if s != DENSE]
-    grid = sns.FacetGrid(sparse, col="task", col_order=tasks, col_wrap=3, sharey=False, height=3.0,
-                         aspect=1.25)
-    grid.map_dataframe(sns.lineplot, x="remaining %", y="psnr", hue="strategy", hue_order=hue_order,
-                       style="strategy", style_order=hue_order, markers=True, dashes=False,
-                       errorbar="sd", palette="tab10")
+    panels = len(tasks) + (curve is not None and len(curve) > 0)
+    rows = -(-panels // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(11.2, 3.0 * rows), squeeze=False)
     dense = means[means["strategy"] == dense_label].groupby("task")["psnr"].agg(["mean", "std"])
     ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t >= 0.8 * sparse["remaining %"].min()]
-    for task, ax in zip(tasks, grid.axes.flat):
+    flat = list(axes.flat)
+    for task, ax in zip(tasks, flat):
+        sns.lineplot(data=sparse[sparse["task"] == task], x="remaining %", y="psnr", ax=ax,
+                     hue="strategy", hue_order=hue_order, style="strategy",
+                     style_order=hue_order, markers=True, dashes=False, errorbar="sd",
+                     palette="tab10", legend=task == tasks[0])
         if task in dense.index:
             ax.axhline(dense.at[task, "mean"], color="black", ls="--", lw=1, label=DENSE)
             if seeds > 1:
                 sd = dense.at[task, "std"]
                 ax.axhspan(dense.at[task, "mean"] - sd, dense.at[task, "mean"] + sd,
                            color="black", alpha=0.08, lw=0)
+        ax.set_title(f"task = {task}", fontsize=10)
+        ax.set_ylabel("PSNR (dB)")
+    if panels > len(tasks):
+        ax = flat[len(tasks)]
+        x = 100 * curve["remaining"]
+        ax.fill_between(x, curve["band_low"], curve["band_high"], color="tab:blue", alpha=0.15,
+                        lw=0, label="simultaneous 95% band")
+        ax.errorbar(x, curve["difference"],
+                    yerr=[curve["difference"] - curve["ci_low"],
+                          curve["ci_high"] - curve["difference"]],
+                    fmt="o-", color="tab:blue", ms=4, capsize=2, label="ticket − dense [95%]")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title("ticket − dense, all-in-one", fontsize=10)
+        ax.set_ylabel("PSNR difference (dB)")
+        ax.legend(fontsize=7, loc="best")
+    for ax in flat[:panels]:
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
-        ax.set_ylabel("PSNR (dB)")
-    # the x axes are shared: set the (reversed) limits once, dense at the left
-    grid.axes.flat[0].set_xlim(110, 0.9 * sparse["remaining %"].min())
-    handles, labels = grid.axes.flat[-1].get_legend_handles_labels()
-    grid.figure.legend(handles, labels, loc="lower center", ncol=len(labels),
-                       bbox_to_anchor=(0.5, -0.04), frameon=False)
+        ax.set_xlim(110, 0.9 * sparse["remaining %"].min())  # dense at the left
+        ax.set_xlabel("remaining %")
+    for ax in flat[panels:]:
+        ax.axis("off")
+    handles, labels = flat[0].get_legend_handles_labels()
+    if flat[0].get_legend() is not None:
+        flat[0].get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.04),
+               frameon=False)
     spread = (f"; mean ± sd over {seeds} seeds" if seeds > 1 else "; one seed")
-    grid.figure.suptitle("PSNR against remaining parameters (log scale, sparser to the right"
-                         f"{spread})", y=1.02)
-    return _save(grid.figure, path)
+    fig.suptitle("PSNR against remaining parameters (log scale, sparser to the right"
+                 f"{spread})", y=1.01)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
-def comparison_forest(comparisons: pd.DataFrame, path: Path, metric: str = "psnr",
+def comparison_forest(comparisons: pd.DataFrame, path: Path, primary: pd.DataFrame | None = None,
+                      margin: float = 0.25, metric: str = "psnr",
                       rounds: list[int] | None = None) -> Path:
-    """Forest plots of the paired comparisons (``report.comparisons.comparisons``), one panel per branch
-    round: for every X compared with the ticket at that round, ticket − X all-in-one (large
-    marker) and per task (small), with the 95% interval as whiskers, the ±margin band shaded and
-    the verdict as the marker colour."""
+    """Forest plots of the paired comparisons (``report.comparisons.comparisons``), one panel per
+    branch round: for every X compared with the ticket at that round, ticket − X all-in-one (large
+    marker) and per task (small), with the 95% interval as whiskers and the ±margin band shaded.
+    A primary comparison (``primary``: ``report.primary.primary_table``) is coloured by its
+    decision; every other estimate is exploratory (black)."""
     data = comparisons[comparisons["metric"] == metric] if len(comparisons) else comparisons
     rounds = branch_rounds(data, "b") if rounds is None else rounds
     if data.empty or not rounds:
@@ -97,6 +125,8 @@ def comparison_forest(comparisons: pd.DataFrame, path: Path, metric: str = "psnr
         ax.text(0.5, 0.5, "no comparisons to show", ha="center", va="center")
         ax.axis("off")
         return _save(fig, path)
+    decided = ({(int(r.round), r.vs): r.decision for r in primary.itertuples()}
+               if primary is not None and metric == "psnr" else {})
     label = strategies.labels()
     rank = {t: i for i, t in enumerate(task_order(data["task"]))}
     heights = []
@@ -117,16 +147,17 @@ def comparison_forest(comparisons: pd.DataFrame, path: Path, metric: str = "psnr
                                    for t in rows["task"]]).sort_values("_k")
             for r in rows.itertuples():
                 overall = r.task == ALL_IN_ONE
-                ax.errorbar(r.difference, y, xerr=[[r.difference - r.ci_low],
-                                                   [r.ci_high - r.difference]],
+                decision = decided.get((int(rnd), b), "exploratory") if overall else "exploratory"
+                low = r.ci_low if np.isfinite(r.ci_low) else r.difference
+                high = r.ci_high if np.isfinite(r.ci_high) else r.difference
+                ax.errorbar(r.difference, y, xerr=[[r.difference - low], [high - r.difference]],
                             fmt="D" if overall else "o", ms=7 if overall else 4,
-                            color=VERDICT_COLOURS.get(r.verdict, "black"),
+                            color=DECISION_COLOURS[decision],
                             elinewidth=2 if overall else 1, capsize=2)
                 ticks.append(y)
                 ticklabels.append(f"vs {label.get(b, b)}" if overall else f"  {r.task}")
                 y -= 1
             y -= 0.6
-        margin = float(at["margin"].iloc[0])
         ax.axvspan(-margin, margin, color="tab:green", alpha=0.12, lw=0)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(ticks, ticklabels, fontsize=7)
@@ -136,16 +167,15 @@ def comparison_forest(comparisons: pd.DataFrame, path: Path, metric: str = "psnr
         ax.set_xlabel(f"ticket − X, {metric.upper()}{unit}")
         ax.set_title(f"{100 * float(at['remaining'].iloc[0]):.1f}% remaining (round {rnd})",
                      fontsize=10)
-    first = data.iloc[0]
-    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=v)
-               for v, c in VERDICT_COLOURS.items()]
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c,
+                          label=v if v == "exploratory" else f"primary: {v}")
+               for v, c in DECISION_COLOURS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
                bbox_to_anchor=(0.5, -0.06))
-    seeds = int(data["seeds"].max())
-    resampling = "seeds × images" if seeds > 1 else "images only"
-    fig.suptitle(f"Ticket − X with 95% bootstrap intervals ({seeds} seed{'s' * (seeds != 1)}, "
-                 f"resampling {resampling}); shaded: the ±{float(first.margin):g}"
-                 f"{' dB' if metric == 'psnr' else ''} equivalence margin", y=1.02)
+    seeds, photos = int(data["seeds"].max()), int(data["photos"].max())
+    fig.suptitle(f"Ticket − X with 95% intervals ({seeds} seed{'s' * (seeds != 1)} × {photos} "
+                 f"photo{'s' * (photos != 1)}, crossed); shaded: the ±{margin:g}"
+                 f"{' dB' if metric == 'psnr' else ''} margin", y=1.02)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mirl_lib.core.names import ALL_IN_ONE, DENSE
-from mirl_lib.report import stats
-from mirl_lib.report.stats import N_BOOT
-
-# ----- does the dense network learn every task? ----------------------------------------------------
+from mirl_lib.report.intervals import LEVEL, paired_intervals, photo_column
 
 # The full tier's bars for the dense network on the bundled test photos: at least this PSNR gain
 # over the degraded input on every task, and a higher SSIM than the input on every task. On the
@@ -17,27 +14,32 @@ from mirl_lib.report.stats import N_BOOT
 DENSE_MIN_GAIN_DB = 3.0
 
 
-def dense_gains(metrics: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def dense_gains(metrics: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """The dense network against the degraded inputs, per task and all-in-one: the paired PSNR gain
-    and SSIM change (dense − input, same seed and image) with 95% bootstrap intervals (seeds and
-    images resampled as in ``stats.paired_bootstrap``). Columns: task, gain_db, gain_low,
-    gain_high, ssim_change, ssim_low, ssim_high, seeds, images."""
+    and SSIM change (dense − input, same seed and image) with crossed intervals over seeds and
+    photos (``intervals.paired_intervals``). Columns: task, gain_db, gain_low, gain_high,
+    ssim_change, ssim_low, ssim_high, seeds, photos, images, and the PSNR gain's se and df (the
+    reproduction check's prediction intervals use them)."""
+    columns = ["task", "gain_db", "gain_low", "gain_high", "ssim_change", "ssim_low", "ssim_high",
+               "seeds", "photos", "images", "gain_se", "gain_df", "gain_ms_seed"]
     dense = metrics[metrics["strategy"] == DENSE]
     if dense.empty:
-        return pd.DataFrame(columns=["task", "gain_db", "gain_low", "gain_high", "ssim_change",
-                                     "ssim_low", "ssim_high", "seeds", "images"])
+        return pd.DataFrame(columns=columns)
     key = dense["dataset"].astype(str) + "/" + dense["image"].astype(str)
     out = None
     for metric, name in (("psnr", "gain"), ("ssim", "ssim")):
-        diffs = pd.DataFrame({"seed": dense["seed"], "task": dense["task"], "image": key,
+        diffs = pd.DataFrame({"seed": dense["seed"], "task": dense["task"],
+                              "photo": photo_column(dense), "image": key,
                               "diff": dense[metric] - dense[f"input_{metric}"]})
-        res = stats.paired_bootstrap(diffs, n_boot=n_boot, seed=seed)
+        res = paired_intervals(diffs, level)
         col = "gain_db" if name == "gain" else "ssim_change"
         res = res.rename(columns={"difference": col, "ci_low": f"{name}_low",
-                                  "ci_high": f"{name}_high"})
+                                  "ci_high": f"{name}_high", "se": f"{name}_se",
+                                  "df": f"{name}_df", "ms_seed": f"{name}_ms_seed"})
         keep = ["task", col, f"{name}_low", f"{name}_high"]
-        out = res[keep + ["seeds", "images"]] if out is None else out.merge(res[keep], on="task")
-    return out
+        out = (res[keep + ["seeds", "photos", "images", "gain_se", "gain_df", "gain_ms_seed"]]
+               if out is None else out.merge(res[keep], on="task"))
+    return out[columns]
 
 
 def dense_bars(test: pd.DataFrame, heldout: pd.DataFrame | None = None) -> list[str]:

@@ -1,5 +1,14 @@
 """Does a rerun reproduce the committed run within noise? (``reproduction``; the run folder's
 reference copy ``keep_reference`` and the line ``reproduction_report``).
+
+A rerun (new seeds, or the same seeds on another machine whose float kernels differ) is judged with
+*prediction* intervals: for every exploratory estimate of the committed run (every PSNR comparison
+and every dense gain, per task and all-in-one, on the test photos and on the held-out photos), the
+interval where another run's estimate on the same photos falls 95% of the time
+(``intervals.prediction_interval``: both runs' seeds vary, the shared photos do not). N estimates
+miss their prediction intervals now and then by chance; the rerun is *reproduced within noise* when
+no more than ``intervals.chance_misses(N)`` of them lie outside and every primary decision
+(``report.primary``) is the committed one.
 """
 from __future__ import annotations
 
@@ -8,39 +17,33 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
-from mirl_lib.core.names import DENSE
+from mirl_lib.core.config import AnalysisConfig
+from mirl_lib.core.names import DENSE, INPUT
 from mirl_lib.files.atomic import atomic_write_bytes, atomic_write_text
 from mirl_lib.files.paths import (
+    CONFIG_FILE,
     HELDOUT_FILE,
     METRICS_FILE,
     REFERENCE_DIR,
-    REPLICATION_FILE,
     REPRODUCTION_FILE,
 )
-from mirl_lib.report import stats
-from mirl_lib.report.comparisons import comparisons, read_optional
+from mirl_lib.report.comparisons import comparisons
 from mirl_lib.report.gains import dense_bars, dense_gains
-from mirl_lib.report.headline import headline_verdicts, kept_shares, share
+from mirl_lib.report.headline import deepest_round, headline_decisions
+from mirl_lib.report.intervals import LEVEL, chance_misses
 from mirl_lib.report.means import point_means
-from mirl_lib.report.stats import EQUIVALENCE_MARGIN_DB, N_BOOT
+from mirl_lib.report.primary import primary_table
 
-# A rerun's comparison mean within this many dB of the committed interval (or of the committed
-# mean) counts as inside: identical reruns must not fail on floating-point noise.
+# A rerun's estimate within this many dB of the prediction interval counts as inside: identical
+# reruns must not fail on floating-point noise.
 REPRODUCTION_TOLERANCE_DB = 1e-6
-
-
-# The degraded input, as the ``b`` of a dense-gain comparison (``gain_comparisons``).
-INPUT = "input"
-
-
-# The two image sets a run is scored on: the bundled test photos (``metrics.csv``) and the
-# held-out check (``heldout.csv``); ``reproduction`` keeps them apart in its ``set`` column.
+# The two image sets a run is scored on: the test photos (``metrics.csv``) and the held-out
+# check (``heldout.csv``); ``reproduction`` keeps them apart in its ``set`` column.
 TEST_SET, HELDOUT_SET = "test", "heldout"
 SET_WORDS = {TEST_SET: "on the test photos", HELDOUT_SET: "on the held-out photos"}
 
-
-# ----- reproduction -----------------------------------------------------------------------------
 
 def compare_with_reference(current: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     """Per point and task, the PSNR of this run against the committed reference run: columns
@@ -54,46 +57,42 @@ def compare_with_reference(current: pd.DataFrame, reference: pd.DataFrame) -> pd
     return both[[*keys, "remaining", "psnr_rerun", "psnr_reference", "difference"]]
 
 
-def gain_comparisons(gains: pd.DataFrame, margin: float = EQUIVALENCE_MARGIN_DB) -> pd.DataFrame:
-    """A ``dense_gains`` table (PSNR) as comparison rows: ``a`` the dense network, ``b`` the degraded
-    input (``INPUT``), round 0, with the interval's verdict (the columns of ``stats.comparisons``
-    that the reproduction check reads: metric, round, remaining, a, b, task, difference, ci_low,
-    ci_high, verdict)."""
-    return pd.DataFrame({
-        "metric": "psnr", "round": 0, "remaining": 1.0, "a": DENSE, "b": INPUT,
-        "task": gains["task"].tolist(), "difference": gains["gain_db"].tolist(),
-        "ci_low": gains["gain_low"].tolist(), "ci_high": gains["gain_high"].tolist(),
-        "verdict": [stats.verdict(lo, hi, margin)
-                    for lo, hi in zip(gains["gain_low"], gains["gain_high"])]})
+def estimates(metrics: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Every exploratory PSNR estimate of a run with what its prediction interval needs: the
+    comparisons, and the dense network's gains over the degraded input (``b`` = ``INPUT``)."""
+    keep = ["round", "remaining", "a", "b", "task", "difference", "seeds", "photos", "ms_seed"]
+    comps = comparisons(metrics, level, ("psnr",))
+    gains = dense_gains(metrics, level)
+    rows = [comps[keep]] if len(comps) else []
+    if len(gains):
+        rows.append(pd.DataFrame({"round": 0, "remaining": 1.0, "a": DENSE, "b": INPUT,
+                                  "task": gains["task"], "difference": gains["gain_db"],
+                                  "seeds": gains["seeds"], "photos": gains["photos"],
+                                  "ms_seed": gains["gain_ms_seed"]}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=keep)
 
 
-def _set_comparisons(comps: tuple[pd.DataFrame, pd.DataFrame],
-                     gains: tuple[pd.DataFrame, pd.DataFrame], margin: float) -> pd.DataFrame:
-    """One image set's rows of ``reproduction``: every PSNR comparison and every dense gain of
-    the committed run beside the rerun's (``comps``: their PSNR ``comparisons``, ``gains``: their
-    ``dense_gains``, rerun first), with ``inside`` and ``verdict_unchanged``."""
-    keys = ["metric", "round", "a", "b", "task"]
-    pick = ["remaining", "difference", "ci_low", "ci_high", "verdict"]
-
-    def rows(table_comps: pd.DataFrame, table_gains: pd.DataFrame) -> pd.DataFrame:
-        frames = [frame[keys + pick] for frame in
-                  (table_comps, gain_comparisons(table_gains, margin)) if len(frame)]
-        return (pd.concat(frames, ignore_index=True) if frames
-                else pd.DataFrame(columns=keys + pick))
-
-    comp = rows(comps[1], gains[1]).rename(columns={c: f"reference_{c}" for c in pick}).merge(
-        rows(comps[0], gains[0]).rename(columns={c: f"rerun_{c}" for c in pick}), on=keys,
-        how="outer")
-    comp["remaining"] = comp["reference_remaining"].fillna(comp["rerun_remaining"])
-    comp = comp.drop(columns=["reference_remaining", "rerun_remaining"]).rename(
-        columns={"reference_verdict": "verdict_reference", "rerun_verdict": "verdict_rerun"})
+def _judged(rerun: pd.DataFrame, reference: pd.DataFrame, level: float) -> pd.DataFrame:
+    """One image set's estimates of both runs beside each other, with the reference's prediction
+    interval for a run of the rerun's seed count and whether the rerun lies inside."""
+    keys = ["round", "a", "b", "task"]
+    ref = estimates(reference, level).rename(columns={"difference": "reference_difference",
+                                                      "seeds": "reference_seeds"})
+    new = estimates(rerun, level)[keys + ["difference", "seeds"]].rename(
+        columns={"difference": "rerun_difference", "seeds": "rerun_seeds"})
+    both = ref.merge(new, on=keys, how="outer")
+    s, p = both["reference_seeds"], both["photos"]
+    t = pd.Series(np.where(s > 1, scipy_stats.t.ppf(0.5 + level / 2, (s - 1).clip(lower=1)),
+                           np.nan), index=both.index)
+    half = t * np.sqrt(both["ms_seed"] / p * (1 / s + 1 / both["rerun_seeds"]))
+    both["pi_low"] = both["reference_difference"] - half
+    both["pi_high"] = both["reference_difference"] + half
     tol = REPRODUCTION_TOLERANCE_DB
-    d, lo, hi = comp["rerun_difference"], comp["reference_ci_low"], comp["reference_ci_high"]
-    present = d.notna() & comp["reference_difference"].notna()
-    comp["inside"] = present & (((lo - tol <= d) & (d <= hi + tol))
-                                | ((d - comp["reference_difference"]).abs() <= tol))
-    comp["verdict_unchanged"] = present & (comp["verdict_reference"] == comp["verdict_rerun"])
-    return comp.assign(kind="comparison")
+    d = both["rerun_difference"]
+    both["judged"] = d.notna() & both["pi_low"].notna()
+    both["inside"] = both["judged"] & (((both["pi_low"] - tol <= d) & (d <= both["pi_high"] + tol))
+                                       | ((d - both["reference_difference"]).abs() <= tol))
+    return both
 
 
 def _named(row: Any) -> str:
@@ -103,158 +102,110 @@ def _named(row: Any) -> str:
             f"{row.task}")
 
 
-def _bars_note(gains: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
+def _bars_note(test: tuple[pd.DataFrame, pd.DataFrame],
+               heldout: tuple[pd.DataFrame, pd.DataFrame] | None) -> str:
     """Whether ``dense_bars`` reads the same for the rerun (index 0) as for the committed run."""
-    texts = [" ".join(dense_bars(gains[TEST_SET][i], gains[HELDOUT_SET][i])) for i in (0, 1)]
+    texts = [" ".join(dense_bars(dense_gains(test[i]),
+                                 dense_gains(heldout[i]) if heldout is not None else None))
+             for i in (0, 1)]
     if texts[0] == texts[1]:
         return "; the dense network's bars read as committed"
     return f"; the dense network's bars changed: committed \"{texts[1]}\", rerun \"{texts[0]}\""
 
 
-def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
-        pd.DataFrame, pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame] | None,
-        pd.DataFrame | None]:
-    """The tables ``reproduction`` compares, read from two ``metrics.csv`` files: the
-    rerun's and the reference's metrics; when both have a ``heldout.csv`` beside them, the two
-    held-out tables (else ``None``); the reference's ``replication.csv`` when it has one (else
-    ``None``)."""
-    held = [path.with_name(HELDOUT_FILE) for path in (rerun, reference)]
-    heldout = (tuple(pd.read_csv(path) for path in held)
-               if all(path.is_file() for path in held) else None)
-    return (pd.read_csv(rerun), pd.read_csv(reference), heldout,
-            read_optional(reference.with_name(REPLICATION_FILE)))
-
-
-def _headline_note(comps: dict[str, tuple[pd.DataFrame, pd.DataFrame]], show: int,
-                   kept: dict[str, float] | None = None) -> str:
-    """Whether the headline's verdicts (``headline_verdicts`` on the test photos) survive:
-    ``the headline's 9 verdicts unchanged`` or ``2 of 9 headline verdicts changed (...)``; with
-    ``kept`` (``kept_shares`` of the committed run) each changed verdict says how often the
-    committed run's simulated reruns kept it."""
-    rerun, committed = (headline_verdicts(comps[TEST_SET][i]) for i in (0, 1))
-    names = [name for name in committed if name in rerun]
+def _primary_note(rerun: pd.DataFrame, reference: pd.DataFrame, analysis: AnalysisConfig
+                  ) -> tuple[str, bool]:
+    """Which primary decisions held, and whether all did."""
+    rnd = deepest_round(reference)
+    held = [headline_decisions(primary_table(t, analysis, rnd, with_power=False))
+            for t in (rerun, reference)]
+    names = [n for n in held[1] if n in held[0]]
     if not names:
-        return ""
-    kept = kept or {}
-    changed = [name for name in names if rerun[name] != committed[name]]
-    robust = [name for name in names if kept.get(name, 0.0) >= stats.REPLICATION_TARGET]
-    if not changed:
-        return f"the headline's {len(names)} verdicts unchanged, "
-
-    def odds(name: str) -> str:
-        return f", simulated reruns kept it {share(kept[name])}" if name in kept else ""
-
-    listed = "; ".join(f"{name}: {committed[name]} → {rerun[name]}{odds(name)}"
-                       for name in changed[:show])
-    more = f"; and {len(changed) - show} more" if len(changed) > show else ""
-    simulated = [name for name in names if name in kept]
-    expected = (f"; the simulated reruns expected {sum(1 - kept[n] for n in simulated):.1f} of "
-                f"the {len(simulated)} single comparisons among them to change, "
-                f"{sum(n in changed for n in simulated)} did" if simulated else "")
-    if simulated:
-        lost = [name for name in robust if name in changed]
-        expected += (f"; of the {len(robust)} robust ones (kept at least "
-                     f"{share(stats.REPLICATION_TARGET)} of the time) "
-                     + (f"{len(lost)} changed: {', '.join(lost)}" if lost else
-                        "none changed" if robust else "there were none"))
-    return f"{len(changed)} of {len(names)} headline verdicts changed ({listed}{more}{expected}), "
+        return "no primary comparison in both runs", True
+    changed = [n for n in names if held[0][n] != held[1][n]]
+    kept = [f"{n}: {held[1][n]}" for n in names if n not in changed]
+    moved = [f"{n}: {held[1][n]} → {held[0][n]}" for n in changed]
+    text = (f"{len(names) - len(changed)} of {len(names)} primary decisions held"
+            + (f" ({'; '.join(kept)})" if kept else "")
+            + (f", changed: {'; '.join(moved)}" if moved else ""))
+    return text, not changed
 
 
-def reproduction(current: pd.DataFrame, reference: pd.DataFrame,
-                 margin: float = EQUIVALENCE_MARGIN_DB, n_boot: int = N_BOOT, seed: int = 0,
+def reproduction(current: pd.DataFrame, reference: pd.DataFrame, analysis: AnalysisConfig,
                  show: int = 3, heldout: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-                 replication: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
-    """Does a rerun (``current`` metrics) reproduce the committed run (``reference``)?
-
-    For every PSNR comparison of ``comparisons`` and every dense gain over the degraded input
-    (``gain_comparisons``) present in both: is the rerun's mean difference inside the committed
-    95% interval (``inside``), and is the verdict unchanged. ``heldout`` (the rerun's and the
-    committed run's ``heldout.csv``) adds the same rows for the held-out photos (``set``
-    ``heldout``; the test photos are ``set`` ``test``) and says whether the dense network's bars
-    (``dense_bars``) read as committed.
-
-    The rule: N 95% intervals are missed by chance alone now and then, so the rerun is
-    *reproduced within noise* when no more of its N comparison means lie outside than
-    ``stats.chance_misses(N)`` (the 95% quantile of Binomial(N, 0.05); 0 of 1, 3 of 18, 17 of
-    228), and *not reproduced* when more do. Either way the line names the comparisons outside
-    (farthest first), says whether the headline's verdicts (``headline_verdicts``) survive and
-    names the first ``show`` verdicts that changed, each with how often the committed run's
-    simulated reruns kept it (``replication``: the committed run's ``stats.replications``, read
-    by the caller from its ``replication.csv``; without it that is left out).
-
-    Returns the table written to ``reproduction.csv`` (``kind`` ``point``: per (set, seed,
-    strategy, round, task) the raw PSNR difference; ``kind`` ``comparison``:
-    reference_difference, reference_ci_low/high, rerun_difference, rerun_ci_low/high, inside,
-    verdict_reference, verdict_rerun, verdict_unchanged) and that line.
-    """
+                 level: float = LEVEL) -> tuple[pd.DataFrame, str]:
+    """Does a rerun (``current`` metrics) reproduce the committed run (``reference``)? Returns the
+    table written to ``reproduction.csv`` (``kind`` ``point``: per (set, seed, strategy, round,
+    task) the raw PSNR difference; ``kind`` ``estimate``: each exploratory estimate of both runs
+    with the committed run's prediction interval and ``inside``) and one line (module
+    docstring): which primary decisions held, how many estimates lie outside their prediction
+    intervals against how many chance allows (the farthest named), and whether the dense network's
+    bars read as committed. ``heldout``: the rerun's and the committed run's ``heldout.csv``."""
     sets = {TEST_SET: (current, reference)}
     if heldout is not None:
         sets[HELDOUT_SET] = heldout
     points = pd.concat([compare_with_reference(cur, ref).assign(kind="point", set=name)
                         for name, (cur, ref) in sets.items()], ignore_index=True)
-    comps = {name: tuple(comparisons(table, margin, n_boot, seed, ("psnr",)) for table in pair)
-             for name, pair in sets.items()}
-    gains = {name: (dense_gains(cur, n_boot, seed), dense_gains(ref, n_boot, seed))
-             for name, (cur, ref) in sets.items()}
-    comp = pd.concat([_set_comparisons(comps[name], gains[name], margin).assign(set=name)
-                      for name in sets], ignore_index=True)
-    table = pd.concat([points, comp], ignore_index=True)
-    first = ["kind", "set", "metric", "seed", "strategy", "round", "remaining", "a", "b", "task"]
+    judged = pd.concat([_judged(cur, ref, level).assign(set=name, kind="estimate")
+                        for name, (cur, ref) in sets.items()], ignore_index=True)
+    table = pd.concat([points, judged], ignore_index=True)
+    first = ["kind", "set", "seed", "strategy", "round", "remaining", "a", "b", "task"]
     table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
-
-    present = comp["rerun_difference"].notna() & comp["reference_difference"].notna()
-    both = comp[present]
-    total = len(both)
+    primary, held = _primary_note(current, reference, analysis)
     moved = points.loc[points["set"] == TEST_SET, "difference"].abs()
     point_note = ("point means: max |ΔPSNR| = n/a" if moved.isna().all()
                   else f"point means: max |ΔPSNR| = {moved.max():.3f} dB")
-    only_one = int((~present).sum())
-    extra = (f"; {only_one} comparison{'s' if only_one != 1 else ''} in only one of the two runs"
-             if only_one else "")
+    rated = judged[judged["judged"]]
+    total = len(rated)
+    bars = _bars_note(sets[TEST_SET], heldout)
     if total == 0:
-        return table, (f"nothing to compare: the rerun and the committed run share no comparison "
-                       f"({point_note}){extra}.")
-    counts = both["set"].value_counts()
+        return table, (f"nothing to judge: the committed run has one seed or the runs share no "
+                       f"estimate; {primary} ({point_note}){bars}.")
+    counts = rated["set"].value_counts()
     split = ("" if len(sets) == 1 else " (" + ", ".join(
         f"{int(counts.get(name, 0))} {SET_WORDS[name]}" for name in sets) + ")")
-    unchanged = int(both["verdict_unchanged"].sum())
-    changed = both[~both["verdict_unchanged"]]
-    flips = ("" if changed.empty else ": " + "; ".join(
-        f"{_named(r)} {r.verdict_reference} → {r.verdict_rerun}"
-        for _, r in changed.head(show).iterrows())
-        + (f"; and {len(changed) - show} more" if len(changed) > show else ""))
-    verdicts = (f"{_headline_note(comps, show, kept_shares(replication))}{unchanged}/{total} "
-                f"verdicts unchanged{flips}")
-    bars = _bars_note(gains) if heldout is not None else ""
-    outside = both[~both["inside"]]
-    if outside.empty:
-        return table, (f"reproduced within noise: all {total} rerun comparison means{split} lie "
-                       f"inside the committed 95% intervals, {verdicts} ({point_note}){extra}"
-                       f"{bars}.")
-    allowed = stats.chance_misses(total)
-    within = len(outside) <= allowed
-    distance = np.maximum(outside["reference_ci_low"] - outside["rerun_difference"],
-                          outside["rerun_difference"] - outside["reference_ci_high"])
+    outside = rated[~rated["inside"]]
+    allowed = chance_misses(total, level)
+    within = len(outside) <= allowed and held
+    distance = np.maximum(outside["pi_low"] - outside["rerun_difference"],
+                          outside["rerun_difference"] - outside["pi_high"])
     outside = outside.assign(_distance=distance).sort_values("_distance", ascending=False)
-    named = [f"{_named(r)}: committed {r.reference_difference:+.2f} [{r.reference_ci_low:+.2f}, "
-             f"{r.reference_ci_high:+.2f}], rerun {r.rerun_difference:+.2f}"
+    named = [f"{_named(r)}: committed {r.reference_difference:+.2f} (prediction interval "
+             f"[{r.pi_low:+.2f}, {r.pi_high:+.2f}]), rerun {r.rerun_difference:+.2f}"
              for _, r in outside.head(show).iterrows()]
     more = f"; and {len(outside) - show} more" if len(outside) > show else ""
-    return table, (f"{'' if within else 'NOT '}reproduced within noise: {len(outside)} of "
-                   f"{total} comparisons{split} outside the committed intervals, "
-                   f"{'no more than' if within else 'more than'} the {allowed} that {total} 95% "
-                   f"intervals miss by chance: " + "; ".join(named) + more
-                   + f" ({verdicts}; {point_note}){extra}{bars}.")
+    listed = (": " + "; ".join(named) + more) if named else ""
+    return table, (f"{'' if within else 'NOT '}reproduced within noise: {primary}; "
+                   f"{len(outside)} of {total} exploratory estimates{split} outside their "
+                   f"{100 * level:.0f}% prediction intervals, "
+                   f"{'no more than' if len(outside) <= allowed else 'more than'} the {allowed} "
+                   f"that {total} such intervals miss by chance{listed} ({point_note}){bars}.")
+
+
+def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
+        pd.DataFrame, pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame] | None, AnalysisConfig]:
+    """The tables ``reproduction`` compares, read from two ``metrics.csv`` files: both runs'
+    metrics; when both have a ``heldout.csv`` beside them, the two held-out tables (else
+    ``None``); the reference's analysis settings (its ``config.yaml``, else the defaults)."""
+    from mirl_lib.core.config import load_config
+
+    held = [path.with_name(HELDOUT_FILE) for path in (rerun, reference)]
+    heldout = (tuple(pd.read_csv(path) for path in held)
+               if all(path.is_file() for path in held) else None)
+    config = next((p / CONFIG_FILE for p in (reference.parent, reference.parent.parent)
+                   if (p / CONFIG_FILE).is_file()), None)
+    analysis = load_config(config).analysis if config is not None else AnalysisConfig()
+    return pd.read_csv(rerun), pd.read_csv(reference), heldout, analysis
 
 
 # What ``keep_reference`` copies, in this order: ``metrics.csv`` last, so that its presence in
 # ``reference/`` means the copy is complete.
-REFERENCE_FILES = (HELDOUT_FILE, REPLICATION_FILE, METRICS_FILE)
+REFERENCE_FILES = (HELDOUT_FILE, CONFIG_FILE, METRICS_FILE)
 
 
 def keep_reference(run_dir: Path) -> Path | None:
-    """Copy the committed ``metrics.csv``, ``heldout.csv`` and ``replication.csv`` to
-    ``reference/`` once, before this run replaces them.
+    """Copy the committed ``metrics.csv``, ``heldout.csv`` and ``config.yaml`` to ``reference/``
+    once, before this run replaces them.
 
     The copies are what ``reproduction_report`` compares the rerun with; they are taken only when
     no reference exists yet, so a run resumed or rerun later still compares with the committed
@@ -270,16 +221,8 @@ def keep_reference(run_dir: Path) -> Path | None:
 
 
 def reproduction_report(run_dir: Path) -> str:
-    """Does this run reproduce the reference (committed) run within noise? One line.
-
-    Every PSNR comparison of ``comparisons.comparisons`` and every dense gain, on the test photos and,
-    when both runs have a ``heldout.csv``, on the held-out photos, is computed on both runs: the
-    rerun's differences are set against the committed 95% intervals (reproduced within noise when
-    no more lie outside than chance allows, ``stats.chance_misses``), and the verdicts, the
-    headline's among them, are compared.
-    ``<run>/reproduction.csv`` gets the comparison rows and, per (set, seed, strategy, round,
-    task), the raw PSNR differences (``reproduction``).
-    """
+    """Does this run reproduce the reference (committed) run within noise? One line
+    (``reproduction``); ``<run>/reproduction.csv`` gets its table."""
     run_dir = Path(run_dir)
     reference = run_dir / REFERENCE_DIR / METRICS_FILE
     current = run_dir / METRICS_FILE
@@ -287,7 +230,7 @@ def reproduction_report(run_dir: Path) -> str:
         return "No committed reference results to compare with (this run is the first)."
     if not current.is_file():
         return f"{current}: not written yet (the evaluation stage has not run); nothing to compare."
-    rerun, committed, heldout, replication = reproduction_inputs(current, reference)
-    table, line = reproduction(rerun, committed, heldout=heldout, replication=replication)
+    rerun, committed, heldout, analysis = reproduction_inputs(current, reference)
+    table, line = reproduction(rerun, committed, analysis, heldout=heldout)
     atomic_write_text(table.to_csv(index=False), run_dir / REPRODUCTION_FILE)
     return f"Against the committed results: {line}"

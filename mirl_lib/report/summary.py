@@ -6,24 +6,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirl_lib.core.config import Config, TrainConfig
-from mirl_lib.core.names import ALL_IN_ONE, DENSE, task_order
+from mirl_lib.core.config import AnalysisConfig, Config, TrainConfig
+from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK, task_order
 from mirl_lib.files.atomic import atomic_write_text
 from mirl_lib.files.paths import SUMMARY_FILE
-from mirl_lib.report import stats
 from mirl_lib.report.comparisons import (
     branch_rounds,
     comparisons,
+    curve_reading,
     interval,
     label,
     ordered,
-    psnr_overall,
+    trunk_curve,
+    where,
 )
 from mirl_lib.report.gains import dense_bars, dense_gains, gains_table
-from mirl_lib.report.headline import answer, method_note, needed, replication_sentence, share
+from mirl_lib.report.headline import answer, deepest_round, method_note
 from mirl_lib.report.means import cell, collapse_of, point_means, sd, seed_stats
-from mirl_lib.report.stats import EQUIVALENCE_MARGIN_DB, N_BOOT
-from mirl_lib.study import strategies
+from mirl_lib.report.primary import primary_table
 
 # ----- the summary page -------------------------------------------------------------------------
 
@@ -41,7 +41,7 @@ def _dense_table(stats_: pd.DataFrame) -> list[str]:
 
 def _round_label(stats_: pd.DataFrame) -> dict[int, float]:
     """Remaining fraction per round: the trunk's (a control's own count may differ)."""
-    trunk = stats_[stats_["strategy"] == strategies.TRUNK].groupby("round")["remaining_all"].mean()
+    trunk = stats_[stats_["strategy"] == TRUNK].groupby("round")["remaining_all"].mean()
     own = stats_.groupby("round")["remaining_all"].mean()
     return {int(r): float(trunk.get(r, own[r])) for r in own.index}
 
@@ -62,18 +62,50 @@ def _overall_table(stats_: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _vs_dense_table(comps: pd.DataFrame) -> list[str]:
-    rows = psnr_overall(comps)
-    rows = rows[rows["b"] == DENSE].sort_values("round")
-    lines = ["| round | remaining % | ticket | dense | ticket − dense [95% CI] | verdict |",
-             "|---|---|---|---|---|---|"]
-    for r in rows.itertuples():
-        lines.append(f"| {r.round} | {100 * r.remaining:.1f} | {r.mean_a:.2f} | {r.mean_b:.2f} | "
-                     f"{interval(r)} | {r.verdict} |")
+def _curve_table(curve: pd.DataFrame) -> list[str]:
+    band = float(curve["band_level"].iloc[0]) if len(curve) else 0.0
+    lines = [f"| round | remaining % | ticket − dense [95% CI] | simultaneous band "
+             f"({100 * band:.1f}% each) |", "|---|---|---|---|"]
+    for r in curve.itertuples():
+        lines.append(f"| {r.round} | {100 * r.remaining:.1f} | {interval(r)} | "
+                     f"[{r.band_low:+.2f}, {r.band_high:+.2f}] |")
     return lines
 
 
-def _branch_tables(comps: pd.DataFrame) -> list[str]:
+def _primary_section(primary: pd.DataFrame, analysis: AnalysisConfig) -> list[str]:
+    if primary.empty:
+        return []
+    reason = f" ({analysis.margin_reason})" if analysis.margin_reason else ""
+    lines = ["", "## Primary comparisons", "",
+             f"Declared in the params file (`analysis.primary`). Ticket − X at "
+             f"{where(int(primary['round'].iloc[0]), float(primary['remaining'].iloc[0]))}, "
+             f"all-in-one PSNR (dB) with its {100 * analysis.level:.0f}% interval; margin "
+             f"±{analysis.margin_db:.2f} dB{reason}. One-sided p-value of the declared "
+             f"hypothesis (equivalence: the larger of its two one-sided tests), Holm-adjusted over "
+             f"the {len(primary)} at family-wise α = {analysis.alpha:g}. *Power*: with this many "
+             f"seeds, simulated from the measured variance components (non-inferiority and "
+             f"equivalence at a true difference of 0, superiority at the measured one, each at "
+             f"α / {len(primary)}); *seeds for {100 * analysis.power:.0f}%*: the fewest that give "
+             f"it on these photos.", "",
+             "| X | hypothesis | ticket − X [CI] | df | p | Holm p | decision | power | "
+             f"seeds for {100 * analysis.power:.0f}% |", "|---" * 9 + "|"]
+    for r in primary.itertuples():
+        needed = "none ≤ 200" if pd.isna(r.seeds_needed) else str(int(r.seeds_needed))
+        lines.append(f"| {label(r.vs)} | {r.kind} | {interval(r)} | {r.df:.1f} | {r.p:.3f} | "
+                     f"{r.p_holm:.3f} | {r.decision} | {100 * r.power:.0f}% | {needed} |")
+    lines += ["", "Variance components of each primary difference (dB², from the seeds × photos "
+              "table of cell means): between seeds, between photos, and what is left (their "
+              "interaction, and the tasks and crops within a cell).", "",
+              "| X | seeds | photos | rest | share from seeds |", "|---|---|---|---|---|"]
+    for r in primary.itertuples():
+        total = r.var_seed / r.seeds + r.var_photo / r.photos + r.var_resid / (r.seeds * r.photos)
+        share = f"{100 * (r.var_seed / r.seeds) / total:.0f}%" if total > 0 else "n/a"
+        lines.append(f"| {label(r.vs)} | {r.var_seed:.3f} | {r.var_photo:.3f} | "
+                     f"{r.var_resid:.3f} | {share} |")
+    return lines
+
+
+def _exploratory_tables(comps: pd.DataFrame) -> list[str]:
     psnr = comps[comps["metric"] == "psnr"]
     lines: list[str] = []
     for rnd in branch_rounds(psnr, "b"):
@@ -81,25 +113,26 @@ def _branch_tables(comps: pd.DataFrame) -> list[str]:
         others = [b for b in ordered(list(set(at["b"]))) if b != DENSE]
         cols = ([DENSE] if DENSE in set(at["b"]) else []) + others
         rem = float(at["remaining"].iloc[0])
-        lines += ["", f"## Ticket − X at {100 * rem:.1f}% remaining (trunk round {rnd}), PSNR dB",
-                  "", "Difference [95% CI] verdict; positive: the ticket scores higher.", "",
+        lines += ["", f"## Exploratory: ticket − X at {100 * rem:.1f}% remaining (trunk round "
+                  f"{rnd}), PSNR dB", "",
+                  "Estimate [95% interval]; positive: the ticket scores higher. Exploratory: no "
+                  "verdict (only the primary comparisons are tested).", "",
                   "| task | " + " | ".join(f"ticket − {label(b)}" for b in cols) + " |",
                   "|---" * (len(cols) + 1) + "|"]
         for task in task_order(at["task"]):
             cells = []
             for b in cols:
                 row = at[(at["b"] == b) & (at["task"] == task)]
-                cells.append(f"{interval(row.iloc[0])} {row.iloc[0].verdict}" if len(row) else "")
+                cells.append(interval(row.iloc[0]) if len(row) else "")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _heldout_section(heldout: pd.DataFrame, rounds: list[int], margin: float, n_boot: int,
-                     seed: int) -> list[str]:
+def _heldout_section(heldout: pd.DataFrame, rounds: list[int]) -> list[str]:
     held_stats = seed_stats(point_means(heldout))
     dense = held_stats[held_stats["strategy"] == DENSE].set_index("task")
-    pair = heldout[heldout["strategy"].isin([DENSE, strategies.TRUNK])]  # ticket vs dense only
-    comps = comparisons(pair, margin, n_boot, seed, ("psnr",))
+    pair = heldout[heldout["strategy"].isin([DENSE, TRUNK])]  # ticket vs dense only
+    comps = comparisons(pair, metric_names=("psnr",))
     vs = comps[(comps["b"] == DENSE) & comps["round"].isin(rounds)] if len(comps) else comps
     shown = sorted(set(vs["round"])) if len(vs) else []
     rem = {int(r): float(vs.loc[vs["round"] == r, "remaining"].iloc[0]) for r in shown}
@@ -107,12 +140,11 @@ def _heldout_section(heldout: pd.DataFrame, rounds: list[int], margin: float, n_
     lines = ["", "## Held-out photos", "",
              f"Photographs the training never saw, with rain and haze outside the training ranges "
              f"({int(images.max()) if len(images) else 0} images per task). Ticket − dense: "
-             f"difference [95% CI] verdict.", ""]
+             f"estimate [95% interval] (exploratory).", ""]
     head = ["task", "input PSNR", "dense PSNR", "gain",
             *(f"ticket − dense at {100 * rem[r]:.1f}% (round {r})" for r in shown)]
     lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    tasks = task_order({*heldout["task"], ALL_IN_ONE})
-    for task in tasks:
+    for task in task_order({*heldout["task"], ALL_IN_ONE}):
         cells = [task]
         if task in dense.index:
             d = dense.loc[task]
@@ -122,7 +154,7 @@ def _heldout_section(heldout: pd.DataFrame, rounds: list[int], margin: float, n_
             cells += ["", "", ""]
         for r in shown:
             row = vs[(vs["round"] == r) & (vs["task"] == task)]
-            cells.append(f"{interval(row.iloc[0])} {row.iloc[0].verdict}" if len(row) else "")
+            cells.append(interval(row.iloc[0]) if len(row) else "")
         lines.append("| " + " | ".join(cells) + " |")
     if not shown:
         lines += ["", "No ticket at a branch round was scored on the held-out photos."]
@@ -139,9 +171,9 @@ def _collapse_section(points: pd.DataFrame, rounds: list[int]) -> list[str]:
     chosen = {key for key, k in empties.items() if k > 0 or int(key[1]) in rounds}
     if not chosen:
         return []
-    trunk = data[data["strategy"] == strategies.TRUNK].groupby("round")["remaining_all"].mean() \
+    trunk = data[data["strategy"] == TRUNK].groupby("round")["remaining_all"].mean() \
         if "remaining_all" in data else pd.Series(dtype=float)
-    rank = {n: i for i, n in enumerate(strategies.ordered(set(data["strategy"])))}
+    rank = {n: i for i, n in enumerate(ordered(list(set(data["strategy"]))))}
     lines = ["", "## Layer collapse", "",
              "Prunable tensors left with no weight at all (per point; a range when seeds differ), "
              "and in how many seeds every path from the input to the output is cut (the network "
@@ -164,104 +196,62 @@ def _collapse_section(points: pd.DataFrame, rounds: list[int]) -> list[str]:
     return lines
 
 
-def summary_markdown(metrics: pd.DataFrame, title: str, notes: str = "",
-                     heldout: pd.DataFrame | None = None, points: pd.DataFrame | None = None,
-                     comps: pd.DataFrame | None = None, margin: float = EQUIVALENCE_MARGIN_DB,
-                     n_boot: int = N_BOOT, seed: int = 0,
-                     replication: pd.DataFrame | None = None) -> str:
+def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig,
+                     notes: str = "", heldout: pd.DataFrame | None = None,
+                     points: pd.DataFrame | None = None, comps: pd.DataFrame | None = None) -> str:
     """The study's summary page.
 
-    ``## Answer`` (``answer``: verdict sentences) and the method note; the dense network against
-    the degraded inputs; all-in-one PSNR by strategy and round (mean ± sd over seeds); the ticket
-    against the dense network at every trunk round; per branch round, ticket − X per task with
-    interval and verdict; with ``heldout`` (the run's ``heldout.csv``) a held-out section; with
-    ``points`` (the run's ``catalog.csv`` holding ``empty_tensors``, ``prunable_tensors``,
-    ``path_cut``) a layer-collapse section. ``comps``: a precomputed ``comparisons(metrics)``;
-    with ``replication`` (``stats.replications``) a sentence after the answer and a section on how
-    often each verdict replicates.
+    ``## Answer`` (``headline.answer``: the primary decisions and the trunk curve) and the method
+    note; the primary comparisons with their tests, power and variance components; the dense
+    network against the degraded inputs; all-in-one PSNR by strategy and round (mean ± sd over
+    seeds); the trunk curve with its simultaneous band; per branch round, ticket − X per task as
+    exploratory estimates; with ``heldout`` (the run's ``heldout.csv``) a held-out section; with
+    ``points`` (the run's ``catalog.csv``) a layer-collapse section. ``comps``: a precomputed
+    ``comparisons(metrics)``.
     """
-    comps = comparisons(metrics, margin, n_boot, seed) if comps is None else comps
+    comps = comparisons(metrics, analysis.level) if comps is None else comps
     stats_ = seed_stats(point_means(metrics))
+    primary = primary_table(metrics, analysis, deepest_round(metrics))
+    curve = trunk_curve(metrics, analysis.level)
     lines = [f"# {title}", "", notes, "", "## Answer", ""]
-    for sentence in answer(comps):
+    for sentence in answer(primary, curve, analysis):
         lines += [sentence, ""]
-    extra = replication_sentence(replication) if replication is not None else ""
-    if extra:
-        lines += [extra, ""]
-    note = method_note(comps)
-    if note:
-        lines += [f"Method: {note}", ""]
-    lines += ["## Dense network against the degraded inputs", "",
+    if len(primary):
+        lines += [f"Method: {method_note(analysis, primary)}", ""]
+    lines += _primary_section(primary, analysis)
+    lines += ["", "## Dense network against the degraded inputs", "",
               "PSNR in dB; gain = dense − input PSNR" + (" (mean ± sd over seeds)" if
                                                         stats_["seeds"].max() > 1 else "") + ".",
               "", *_dense_table(stats_)]
-    gains = dense_gains(metrics, n_boot, seed)
-    held_gains = (dense_gains(heldout, n_boot, seed) if heldout is not None and len(heldout)
+    gains = dense_gains(metrics, analysis.level)
+    held_gains = (dense_gains(heldout, analysis.level) if heldout is not None and len(heldout)
                   else None)
     if len(gains):
-        lines += ["", "Paired dense − input on the test photos (bootstrap over "
-                  + ("seeds and images" if gains["seeds"].max() > 1 else "images") + "):", "",
-                  *gains_table(gains), "", *dense_bars(gains, held_gains)]
+        lines += ["", "Paired dense − input on the test photos (intervals over seeds and photos):",
+                  "", *gains_table(gains), "", *dense_bars(gains, held_gains)]
     lines += ["", "## All-in-one PSNR (dB) by strategy and remaining parameters", "",
               "Remaining = % of all parameters (unpruned ones counted) of the trunk at that "
               "round" + ("; mean ± sd over seeds" if stats_["seeds"].max() > 1 else "") + ".",
               "", *_overall_table(stats_)]
-    if not psnr_overall(comps).empty:
-        lines += ["", "## Ticket against the dense network at every trunk round", "",
-                  "All-in-one PSNR (dB); difference [95% CI] and verdict.", "",
-                  *_vs_dense_table(comps)]
-    lines += _branch_tables(comps)
-    if replication is not None and not replication.empty:
-        lines += _replication_section(replication)
+    if len(curve):
+        lines += ["", "## The trunk as a curve", "", curve_reading(curve), "",
+                  *_curve_table(curve)]
+    lines += _exploratory_tables(comps)
     rounds = branch_rounds(comps, "b") if len(comps) else []
     if heldout is not None and not heldout.empty:
-        lines += _heldout_section(heldout, rounds, float(margin), n_boot, seed)
+        lines += _heldout_section(heldout, rounds)
     if points is not None and not points.empty:
         lines += _collapse_section(points, rounds)
     return "\n".join(lines) + "\n"
 
 
-def _replication_section(table: pd.DataFrame) -> list[str]:
-    """``## How often each verdict replicates``: every all-in-one PSNR comparison's verdict, the
-    chance a rerun with as many seeds keeps it, and how often two runs of n seeds agree."""
-    agree = [c for c in table.columns if c.startswith("agree_")]
-    seeds = int(table["seeds"].max())
-    lines = ["", "## How often each verdict replicates", ""]
-    if seeds < 2 or table["survives"].isna().all():
-        return lines + ["One seed: there is no spread between training runs to draw reruns from."]
-    lines += [f"All-in-one PSNR. `stats.replication` makes {stats.REPLICATION_SIMS} simulations "
-              f"per seed count under a normal model: each draws a truth from what this run's "
-              f"{seeds} seeds leave uncertain (the mean differences, and the size of the spread "
-              f"between seeds, which {seeds} seeds estimate poorly), then two runs of new seeds "
-              f"from it, scored on the same test images with this study's interval and verdict. "
-              f"*Rerun keeps* is the share of simulated runs of {seeds} "
-              f"seeds whose verdict is the committed one; *agree at n* the chance that two runs "
-              f"of n seeds give the same verdict; *seeds needed* the fewest n of "
-              f"{', '.join(str(n) for n in stats.REPLICATION_SEEDS)} at which two runs agree "
-              f"{share(stats.REPLICATION_TARGET)} of the time. A comparison whose mean lies near "
-              f"0 or ±margin needs many seeds: more seeds narrow its interval, but around a mean "
-              f"that stays near the boundary.", "",
-              "| round | remaining | ticket − X | verdict | rerun keeps | "
-              + " | ".join(f"agree at {c.split('_')[1]}" for c in agree) + " | seeds needed |",
-              "|---" * (len(agree) + 6) + "|"]
-    rank = {name: i for i, name in enumerate([DENSE, *ordered(list(set(table["b"]) - {DENSE}))])}
-    order = table.assign(_rank=table["b"].map(rank)).sort_values(["round", "_rank"])
-    for r in order.itertuples():
-        lines.append(f"| {int(r.round)} | {100 * r.remaining:.1f}% | {label(r.b)} | {r.verdict} "
-                     f"| {share(r.survives)} | "
-                     + " | ".join(share(getattr(r, c)) for c in agree)
-                     + f" | {needed(r.seeds_needed)} |")
-    return lines
-
-
-def write_summary(run_dir: Path, metrics: pd.DataFrame, title: str, notes: str = "",
-                  heldout: pd.DataFrame | None = None, points: pd.DataFrame | None = None,
-                  comps: pd.DataFrame | None = None,
-                  replication: pd.DataFrame | None = None) -> Path:
+def write_summary(run_dir: Path, metrics: pd.DataFrame, title: str, analysis: AnalysisConfig,
+                  notes: str = "", heldout: pd.DataFrame | None = None,
+                  points: pd.DataFrame | None = None, comps: pd.DataFrame | None = None) -> Path:
     """Write ``<run>/summary.md`` (``summary_markdown``)."""
     path = Path(run_dir) / SUMMARY_FILE
-    atomic_write_text(summary_markdown(metrics, title, notes, heldout, points, comps,
-                                       replication=replication), path)
+    atomic_write_text(summary_markdown(metrics, title, analysis, notes, heldout, points, comps),
+                      path)
     return path
 
 

@@ -243,6 +243,15 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError(f"study.strategies: unknown strategy(ies) {unknown}; known: {known}")
 
 
+def check_analysis(cfg: Config) -> None:
+    """``analysis.primary`` names the dense network or registered optional strategies
+    (``ConfigError`` otherwise). One the study does not run is left out of the tests."""
+    known = [DENSE, *optional_names()]
+    unknown = [vs for vs, _ in cfg.analysis.comparisons() if vs not in known]
+    if unknown:
+        raise ConfigError(f"analysis.primary: unknown strategy(ies) {unknown}; known: {known}")
+
+
 def in_study(study: StudyConfig) -> list[Strategy]:
     """The strategies a study runs (dense and the trunk always), in display order."""
     chosen = {*with_role("dense", "trunk"), *study.strategies}

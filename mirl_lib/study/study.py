@@ -65,6 +65,7 @@ class Study:
 
     def __init__(self, cfg: Config, run_dir: str | Path) -> None:
         strategies.check_study(cfg.study)
+        strategies.check_analysis(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self._test_items: list[TestItem] | None = None

@@ -12,8 +12,12 @@ from mirl_lib.files.paths import importable
 def launch_distributed(module: str, processes: int, *args: str) -> None:
     """Run ``python -m module args`` in ``processes`` ranks under ``torchrun --standalone``
     (the ranks and torchrun die with this process); raises ``MirlError`` if any rank fails."""
+    # each rank, like torchrun itself, is forked from the warm zygote when one runs
+    rank = module_command(module, *args)
     command = module_command("torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={processes}", "-m", module, *args)
+                             f"--nproc_per_node={processes}",
+                             *(["--no-python", *rank] if rank[2] == "mirl_lib.core.zygote"
+                               else ["-m", module, *args]))
     env = importable(dict(os.environ))
     env.setdefault("OMP_NUM_THREADS", "1")
     code = subprocess.run(command, env=env).returncode

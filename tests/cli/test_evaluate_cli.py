@@ -201,7 +201,7 @@ def test_data_root_and_tiles(tmp_path: Path, layout: Path, files: dict[str, Path
     cfg = load_config(params, {"data": {"root": str(layout)}})
     items = load_test_set(cfg.data, seed=cfg.data.test_seed)
     got = read_scores(out)
-    pd.testing.assert_frame_equal(got[["task", "dataset", "image", *METRICS]],
+    pd.testing.assert_frame_equal(got[["task", "dataset", "image", "photo", *METRICS]],
                                   evaluate(dense, items, tile=16, overlap=4))
     assert not np.allclose(got["psnr"], evaluate(dense, items)["psnr"])  # whole images differ
 

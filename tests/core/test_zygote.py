@@ -53,7 +53,7 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
 def test_a_forked_command_is_the_command(probe: Path, tmp_path: Path) -> None:
     cold = run(module_command("zygote_probe", "exit", "3"), tmp_path, PROBE_VALUE="a")
     with Zygote(("json",)) as warm:
-        assert warm.proc is not None and os.environ[zygote.ENV]
+        assert warm.wait_ready(60) and os.environ[zygote.ENV]
         command = module_command("zygote_probe", "exit", "3")
         assert command[2:4] == ["mirl_lib.core.zygote", "run"]
         forked = run(command, tmp_path, PROBE_VALUE="a")
@@ -64,7 +64,8 @@ def test_a_forked_command_is_the_command(probe: Path, tmp_path: Path) -> None:
 
 
 def test_the_caller_reports_how_the_command_ended(probe: Path, tmp_path: Path) -> None:
-    with Zygote(("json",)):
+    with Zygote(("json",)) as warm:
+        assert warm.wait_ready(60)
         killed = run(module_command("zygote_probe", "die"), tmp_path)
         pid_file = tmp_path / "pid"
         caller = subprocess.Popen(module_command("zygote_probe", "sleep", str(pid_file)),
@@ -77,7 +78,8 @@ def test_the_caller_reports_how_the_command_ended(probe: Path, tmp_path: Path) -
 
 
 def test_a_command_dies_with_its_caller(probe: Path, tmp_path: Path) -> None:
-    with Zygote(("json",)):
+    with Zygote(("json",)) as warm:
+        assert warm.wait_ready(60)
         pid_file = tmp_path / "pid"
         caller = subprocess.Popen(module_command("zygote_probe", "sleep", str(pid_file)),
                                   stdout=subprocess.DEVNULL, cwd=tmp_path)
@@ -96,12 +98,15 @@ def test_without_a_zygote_the_command_runs_cold(probe: Path, tmp_path: Path) -> 
     assert done.returncode == 4 and done.stdout == f"argv ['exit', '4'] cwd {tmp_path} env b\n"
 
 
-def test_a_zygote_that_cannot_start_leaves_fresh_interpreters(probe: Path, tmp_path: Path,
+def test_a_zygote_that_cannot_start_leaves_cold_commands(probe: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture
                                                                ) -> None:
     with Zygote(("no_such_module_anywhere",)) as warm:
-        assert warm.proc is None and zygote.ENV not in os.environ
-        assert module_command("zygote_probe")[2] == "mirl_lib.core.processes"
+        assert not warm.wait_ready(60) and warm.proc.wait(60) != 0
+        # the caller finds no zygote and runs the command itself
+        done = run(module_command("zygote_probe", "exit", "5"), tmp_path, PROBE_VALUE="c")
+        assert done.returncode == 5 and done.stdout.endswith("env c\n")
+        time.sleep(0.2)  # the watcher's warning
     assert "warning: the warm start did not come up" in capsys.readouterr().err
 
 

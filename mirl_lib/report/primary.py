@@ -1,0 +1,183 @@
+"""The primary comparisons: a few hypotheses declared in the params file before the data
+(``analysis.primary``), tested with the crossed intervals, Holm-corrected together, each with the
+seeds it needs.
+
+Each is the ticket at the deepest branch round against one strategy (the dense network: ``dense``),
+all-in-one PSNR, ``d = ticket - X`` with margin ``m`` (``analysis.margin_db``):
+
+- ``noninferiority``: H0 ``d <= -m`` against ``d > -m`` (the paper's claim that the ticket matches
+  the dense network or does better), one-sided t test;
+- ``superiority``: H0 ``d <= 0`` against ``d > 0``, one-sided t test;
+- ``equivalence``: two one-sided tests (TOST), H0 ``|d| >= m``; its p-value is the larger of the
+  two, and it is shown exactly when the ``1 - 2 alpha`` interval lies inside ``±m``.
+
+The p-values of the declared set are adjusted by Holm's step-down method at family-wise ``alpha``
+(``statsmodels.stats.multitest.multipletests``); a hypothesis is *shown* when its adjusted p-value is
+below ``alpha``. Power is simulated: runs of n seeds on the run's photos drawn from the variance
+components it measured, each tested exactly as the run is (``power``): for non-inferiority and
+equivalence at a true difference of 0 (the ticket as good as X), for superiority at the measured
+difference, each at the Bonferroni level ``alpha / k`` (Holm's first step, so conservative).
+``seeds_needed`` is the fewest seeds with at least ``analysis.power``; an equivalence whose
+``1 - 2 alpha`` interval is wider than ``2 m`` at this many seeds is *undecidable* (no outcome could
+show it), never a verdict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
+
+from mirl_lib.core.config import AnalysisConfig
+from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
+from mirl_lib.report.intervals import Crossed, cell_table, crossed, crossed_many, pairs
+
+SHOWN, NOT_SHOWN, UNDECIDABLE = "shown", "not shown", "undecidable"
+UNTESTABLE = "untestable"  # one seed and one photo: no spread to test against
+COLUMNS = ["round", "remaining", "vs", "kind", "difference", "se", "df", "ci_low", "ci_high",
+           "seeds", "photos", "images", "p", "p_holm", "decision", "power", "seeds_needed",
+           "margin", "alpha", "var_seed", "var_photo", "var_resid"]
+
+
+def p_value(result: Crossed, kind: str, margin: float) -> float:
+    """The one-sided p-value of the declared hypothesis (TOST: the larger of its two)."""
+    if kind == "noninferiority":
+        return result.one_sided_p(-margin, above=True)
+    if kind == "superiority":
+        return result.one_sided_p(0.0, above=True)
+    return max(result.one_sided_p(-margin, above=True), result.one_sided_p(margin, above=False))
+
+
+# ``power`` simulates this many runs per seed count; ``seeds_needed`` tries these seed counts
+POWER_SIMS = 2000
+SEED_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200)
+
+
+def power(result: Crossed, seeds: int, kind: str, margin: float, alpha: float,
+          sims: int = POWER_SIMS) -> float:
+    """The power of the declared test with ``seeds`` seeds on the run's photos: the share of
+    ``sims`` runs simulated from the measured variance components (seed, photo and the rest, each
+    table tested exactly as the run is: crossed interval, one-sided t, level ``alpha``) that show
+    it; the true difference is 0 for non-inferiority and equivalence, the measured one for
+    superiority. Deterministic (fixed generator)."""
+    photos = result.photos
+    if seeds < 2 or photos < 2:
+        return np.nan
+    truth = result.estimate if kind == "superiority" else 0.0
+    rng = np.random.default_rng([seeds, photos])
+    comps = [0.0 if np.isnan(v) else v for v in (result.var_seed, result.var_photo,
+                                                 result.var_resid)]
+    cells = (truth + rng.normal(0, np.sqrt(comps[0]), (sims, seeds, 1))
+             + rng.normal(0, np.sqrt(comps[1]), (sims, 1, photos))
+             + rng.normal(0, np.sqrt(comps[2]), (sims, seeds, photos)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a table without spread: p 0 or 1
+        return float(np.mean(_p_values(*crossed_many(cells), kind, margin) < alpha))
+
+
+def _p_values(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, kind: str, margin: float
+              ) -> np.ndarray:
+    """The declared test's one-sided p-values of many runs (as ``p_value`` of each)."""
+    if kind == "noninferiority":
+        p = scipy_stats.t.sf((estimate + margin) / se, df)
+    elif kind == "superiority":
+        p = scipy_stats.t.sf(estimate / se, df)
+    else:
+        p = np.maximum(scipy_stats.t.sf((estimate + margin) / se, df),
+                       scipy_stats.t.cdf((estimate - margin) / se, df))
+    return p
+
+
+def seeds_needed(result: Crossed, kind: str, margin: float, alpha: float, target: float
+                 ) -> int | None:
+    """The fewest seeds of ``SEED_GRID`` whose power reaches ``target`` on the run's photos; None
+    when none does (a superiority whose measured difference is not positive, or photos that vary
+    too much for any number of seeds: more photos would be needed)."""
+    if power(result, SEED_GRID[-1], kind, margin, alpha) < target:
+        return None
+    low, high = 0, len(SEED_GRID) - 1  # power grows with seeds: bisect the grid
+    while low < high:
+        middle = (low + high) // 2
+        if power(result, SEED_GRID[middle], kind, margin, alpha) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return SEED_GRID[low]
+
+
+def undecidable(result: Crossed, kind: str, margin: float, alpha: float) -> bool:
+    """An equivalence whose ``1 - 2 alpha`` interval is wider than ``±margin`` cannot be shown by
+    any outcome of this design."""
+    if kind != "equivalence" or not np.isfinite(result.df) or result.df <= 0:
+        return False
+    return bool(scipy_stats.t.ppf(1 - alpha, result.df) * result.se >= margin)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One primary comparison: the ticket at ``round`` against ``vs`` (its round: 0 for the dense
+    network), of ``kind``."""
+
+    round: int
+    vs: str
+    kind: str
+
+    @property
+    def b(self) -> tuple[str, int]:
+        return (DENSE, 0) if self.vs == DENSE else (self.vs, self.round)
+
+
+def declared(analysis: AnalysisConfig, rnd: int) -> list[Declared]:
+    return [Declared(rnd, vs, kind) for vs, kind in analysis.comparisons()]
+
+
+def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
+                  metric: str = "psnr", with_power: bool = True) -> pd.DataFrame:
+    """Every declared comparison at trunk round ``rnd`` (the deepest branch round): estimate,
+    crossed interval (``analysis.level``), one-sided p-value, Holm-adjusted p-value, decision,
+    power now and seeds needed (``COLUMNS``; without ``with_power`` those two are left empty, for
+    the decisions alone). A comparison whose points are missing is left out."""
+    rows, results = [], []
+    remaining = metrics.loc[(metrics["strategy"] == TRUNK) & (metrics["round"] == rnd),
+                            "remaining_all"]
+    m, alpha = analysis.margin_db, analysis.alpha
+    for item in declared(analysis, rnd):
+        diffs = pairs(metrics, metric, (TRUNK, rnd), item.b)
+        if diffs.empty:
+            continue
+        tables, counts, _, _, _ = cell_table(diffs)
+        result = crossed(tables[ALL_IN_ONE])
+        low, high = result.interval(analysis.level)
+        results.append((item, result))
+        rows.append({"round": rnd, "remaining": float(remaining.mean()), "vs": item.vs,
+                     "kind": item.kind, "difference": result.estimate, "se": result.se,
+                     "df": result.df, "ci_low": low, "ci_high": high, "seeds": result.seeds,
+                     "photos": result.photos, "images": counts[ALL_IN_ONE],
+                     "p": p_value(result, item.kind, m), "margin": m, "alpha": alpha,
+                     "var_seed": result.var_seed, "var_photo": result.var_photo,
+                     "var_resid": result.var_resid})
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    table = pd.DataFrame(rows)
+    finite = table["p"].notna()
+    table["p_holm"] = np.nan
+    if finite.any():
+        table.loc[finite, "p_holm"] = multipletests(table.loc[finite, "p"], alpha=alpha,
+                                                    method="holm")[1]
+    each = alpha / len(table)
+    decisions, powers, needed = [], [], []
+    for (item, result), p_holm in zip(results, table["p_holm"]):
+        if pd.isna(p_holm):
+            decisions.append(UNTESTABLE)
+        elif undecidable(result, item.kind, m, alpha):
+            decisions.append(UNDECIDABLE)
+        else:
+            decisions.append(SHOWN if p_holm < alpha else NOT_SHOWN)
+        powers.append(power(result, result.seeds, item.kind, m, each) if with_power else np.nan)
+        needed.append(seeds_needed(result, item.kind, m, each, analysis.power)
+                      if with_power else None)
+    table["decision"] = decisions
+    table["power"] = powers
+    table["seeds_needed"] = pd.array(needed, dtype="Int64")
+    return table[COLUMNS]
