@@ -1,31 +1,23 @@
 """The README's headline (and the default tier's block in docs/results.md) is the committed run's
-verdicts, word for word (never typed in); the docs quote every committed rerun's verdict."""
+primary decisions, word for word (never typed in); each committed run's ``primary.csv`` is what
+the primary analysis computes from its metrics; the docs quote every committed rerun's verdict."""
 from __future__ import annotations
 
-import functools
+import io
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mirl_lib.report.headline import headline
+from mirl_lib.core.config import load_config
+from mirl_lib.report.headline import deepest_round, headline
+from mirl_lib.report.primary import primary_table
 
-pytestmark = pytest.mark.slow  # simulates reruns of both committed tiers
+pytestmark = pytest.mark.slow  # simulates the power of both committed tiers
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- headline:(\w+) -->\n(.*?)<!-- /headline -->", re.S)
-
-
-@functools.cache
-def simulated(run: str) -> pd.DataFrame:
-    """``stats.replications`` of ``results/<run>`` computed from its committed metrics (about
-    30 s a tier; once per session)."""
-    from mirl_lib.report import stats
-    from mirl_lib.report.comparisons import comparisons
-
-    metrics = pd.read_csv(REPO / "results" / run / "metrics.csv")
-    return stats.replications(metrics, comparisons(metrics))
 
 
 def pages() -> dict[str, str]:
@@ -43,9 +35,24 @@ def test_every_headline_block_is_generated_from_its_committed_run() -> None:
         metrics = REPO / "results" / run / "metrics.csv"
         if not metrics.is_file():
             pytest.fail(f"README quotes results/{run}, which has no committed metrics.csv")
-        assert text == headline(pd.read_csv(metrics), replication=simulated(run)), (
+        analysis = load_config(REPO / "results" / run / "config.yaml").analysis
+        assert text == headline(pd.read_csv(metrics), analysis), (
             f"the README's headline for results/{run} is not what report.headline computes from "
             f"its metrics.csv; regenerate it: python -m mirl_lib headline results/{run}")
+
+
+@pytest.mark.parametrize("run", ["default", "full"])
+def test_a_committed_primary_table_is_what_the_analysis_computes(run: str) -> None:
+    """``results/<tier>/primary.csv`` (the summary's and the figures' source) is
+    ``primary_table`` of the committed metrics with the run's analysis settings, never typed in;
+    and those settings are its params file's."""
+    folder = REPO / "results" / run
+    metrics = pd.read_csv(folder / "metrics.csv")
+    analysis = load_config(folder / "config.yaml").analysis
+    assert analysis == load_config(REPO / "params" / f"{run}.yaml").analysis
+    computed = primary_table(metrics, analysis, deepest_round(metrics))
+    written = pd.read_csv(io.StringIO(computed.to_csv(index=False)))  # as the run writes it
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "primary.csv"), written, atol=1e-9)
 
 
 RERUN_LINES = sorted(path.parent.relative_to(REPO).as_posix()
@@ -56,30 +63,25 @@ def test_committed_reruns_exist_for_both_tiers() -> None:
     assert {Path(rerun).parts[1] for rerun in RERUN_LINES} >= {"default", "full"}
 
 
-@pytest.mark.parametrize("run", ["default", "full"])
-def test_a_committed_replication_table_is_what_the_simulation_computes(run: str) -> None:
-    """``results/<tier>/replication.csv`` (the summary's and the reproduction check's source) is
-    ``stats.replications`` of the committed metrics, never typed in."""
-    committed = pd.read_csv(REPO / "results" / run / "replication.csv")
-    pd.testing.assert_frame_equal(committed, simulated(run), check_dtype=False, atol=1e-9)
-
-
 @pytest.mark.parametrize("rerun", RERUN_LINES)
-def test_a_committed_rerun_line_is_what_the_check_computes_and_the_readme_quotes_it(
+def test_a_committed_rerun_line_is_what_the_check_computes_and_the_docs_quote_it(
         rerun: str) -> None:
     """``results/<tier>/rerun_*/reproduction.txt`` is ``report.reproduction`` of that rerun against
-    its tier's committed run (never typed in), and docs/reproducibility.md quotes its verdict (e.g.
-    "reproduced within noise: 15 of 228 comparisons ... miss by chance")."""
+    the committed run it reran (kept in ``reference/``; never typed in), and
+    docs/reproducibility.md quotes its verdict: e.g. "reproduced within noise: 6 of 6 primary
+    decisions held" and "3 of 228 exploratory estimates"."""
     from mirl_lib.report.reproduction import reproduction, reproduction_inputs
 
     folder = REPO / rerun
-    current, reference, heldout, replication = reproduction_inputs(
-        folder / "metrics.csv", folder.parent / "metrics.csv")
-    assert replication is not None, f"{folder.parent}/replication.csv is missing"
-    _, line = reproduction(current, reference, heldout=heldout, replication=replication)
+    current, reference, heldout, analysis = reproduction_inputs(
+        folder / "metrics.csv", folder / "reference" / "metrics.csv")
+    _, line = reproduction(current, reference, analysis, heldout=heldout)
     assert (folder / "reproduction.txt").read_text().strip() == line, (
         f"{rerun}/reproduction.txt is stale; rewrite it: python -m mirl_lib reproduce {rerun} "
-        f"{folder.parent.relative_to(REPO)}")
-    verdict = re.match(r".*?by chance" if "by chance" in line else r".*?intervals", line).group(0)
-    assert verdict in " ".join(pages()["docs/reproducibility.md"].split()), (
-        f"docs/reproducibility.md does not quote {rerun}'s verdict: {verdict!r}")
+        f"{rerun}/reference")
+    docs = " ".join(pages()["docs/reproducibility.md"].split())
+    verdict = re.match(r"(NOT )?reproduced within noise: \d+ of \d+ primary decisions held",
+                       line).group(0)
+    count = re.search(r"\d+ of \d+ exploratory estimates", line).group(0)
+    quoted = re.search(rf"{re.escape(rerun)}.*?{re.escape(verdict)}.*?{re.escape(count)}", docs)
+    assert quoted, f"docs/reproducibility.md does not quote {rerun}'s verdict: {verdict!r}, {count!r}"

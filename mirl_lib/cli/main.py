@@ -1,5 +1,6 @@
 """Command line: ``python -m mirl_lib restore`` restores images, ``evaluate`` scores a checkpoint,
-``headline`` and ``reproduce`` read finished runs, ``stages`` runs the study (``./run_all.sh``).
+``headline``, ``report`` and ``reproduce`` read finished runs, ``stages`` runs the study
+(``./run_all.sh``).
 
 ``python -m mirl_lib stages run|list|points PARAMS``: the stage runner (``mirl_lib.cli.stages``).
 
@@ -15,6 +16,10 @@ the checkpoint on the test sets of a params file with the study's protocol
 (``mirl_lib.evaluation.scoring.evaluate_checkpoint``), writes the per-image scores to ``-o`` (atomically,
 replacing it) and prints the paper's table. The output folder and the tiling are checked before
 the checkpoint is read.
+
+``python -m mirl_lib report RUN [--params PARAMS]``: derives a finished run's statistics again from
+its tables (``comparisons.csv``, ``primary.csv``, ``summary.md``, the two statistical figures), with
+the analysis settings of PARAMS (same identity as the run) or of the run's ``config.yaml``.
 
 ``python -m mirl_lib reproduce RERUN REFERENCE [-o reproduction.csv]``: does a rerun (its run
 folder or its ``metrics.csv``, e.g. from another machine or thread count) reproduce a reference run
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from mirl_lib.cli.evaluate import DEFAULT_PARAMS, Scoring, evaluate_command
 from mirl_lib.cli.restore import SUGGESTED_TILE, Progress, restore_command
-from mirl_lib.cli.results import headline_command, reproduce_command
+from mirl_lib.cli.results import headline_command, report_command, reproduce_command
 from mirl_lib.core.errors import MirlError
 
 
@@ -89,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         "headline", help="print a finished run's answer (the README's headline) from its verdicts")
     headline.add_argument("run", type=Path, help="run folder holding metrics.csv, e.g. "
                                                  "results/default")
+    report = commands.add_parser(
+        "report", help="derive a finished run's statistics, summary and statistical figures again "
+                       "from its tables (no networks needed)")
+    report.add_argument("run", type=Path, help="run folder holding metrics.csv and config.yaml")
+    report.add_argument("--params", type=Path, default=None,
+                        help="params file whose analysis settings to use (same identity as the "
+                             "run; default: the run's config.yaml)")
     reproduce = commands.add_parser(
         "reproduce", help="compare a rerun with a reference run, within noise")
     reproduce.add_argument("rerun", type=Path,
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_command(args, progress)
         elif args.command == "headline":
             headline_command(args)
+        elif args.command == "report":
+            report_command(args)
         elif args.command == "reproduce":
             reproduce_command(args)
         else:

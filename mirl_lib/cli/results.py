@@ -1,5 +1,6 @@
-"""``python -m mirl_lib headline RUN`` and ``reproduce RERUN REFERENCE``: a finished run's answer,
-and whether a rerun reproduces a reference run.
+"""``python -m mirl_lib headline RUN``, ``report RUN`` and ``reproduce RERUN REFERENCE``: a
+finished run's answer, its statistics derived again from its tables, and whether a rerun reproduces
+a reference run.
 """
 from __future__ import annotations
 
@@ -54,3 +55,34 @@ def headline_command(args: argparse.Namespace) -> None:
             raise DataError(f"{path}: no such file (is {args.run} a finished run folder?)")
     text = headline(pd.read_csv(metrics), load_config(config).analysis)
     print(f"<!-- headline:{args.run.name} -->\n{text}<!-- /headline -->")
+
+
+def report_command(args: argparse.Namespace) -> None:
+    """Derive a finished run's statistics again from its tables (``report.stages.analyse_run`` and
+    ``draw_statistics``): ``comparisons.csv``, ``primary.csv``, ``summary.md`` and the two
+    statistical figures, with the analysis settings of ``--params`` (whose identity must be the
+    run's; its ``config.yaml`` is updated to it) or else of the run's ``config.yaml``. Networks
+    are not needed: a run copied back from a cluster, or a committed one, is enough."""
+    import pandas as pd
+
+    from mirl_lib.core.config import load_config
+    from mirl_lib.report.stages import analyse_run, draw_statistics
+    from mirl_lib.study.study import Study
+
+    metrics_path, config_path = args.run / METRICS_FILE, args.run / CONFIG_FILE
+    for path in (metrics_path, config_path):
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (is {args.run} a finished run folder?)")
+    metrics = pd.read_csv(metrics_path)
+    cfg = load_config(args.params if args.params is not None else config_path)
+    made = sorted(set(metrics["config_hash"].astype(str))) if "config_hash" in metrics else []
+    if made != [cfg.hash()]:
+        source = args.params if args.params is not None else config_path
+        raise DataError(f"{metrics_path}: scored by config {', '.join(made) or 'none'}, not by "
+                        f"{source} (hash {cfg.hash()}); analyse a run with its own params file")
+    if args.params is not None:
+        Study(cfg, args.run).prepare()  # refuses another identity; records the analysis settings
+    primary, summary = analyse_run(args.run, cfg, metrics)
+    drawn = draw_statistics(args.run, cfg.analysis)
+    print(f"{args.run}: {len(primary)} primary comparisons; wrote {summary.name}, "
+          f"comparisons.csv, primary.csv, {', '.join(p.name for p in drawn)}")

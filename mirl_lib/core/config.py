@@ -393,6 +393,77 @@ class AnalysisConfig(_Section):
         return [tuple(item.split(":", 1)) for item in self.primary]  # type: ignore[misc]
 
 
+EXECUTORS: tuple[str, ...] = ("local", "slurm")
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$|^(\d+)$")
+
+
+def slurm_minutes(text: str) -> int:
+    """A Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``) in whole minutes
+    (rounded up); ``ConfigError`` for another form."""
+    match = _SLURM_TIME.match(text.strip())
+    if not match:
+        raise ConfigError(f"cluster.time: {text!r} is not a Slurm time limit (MM, HH:MM:SS or "
+                          f"D-HH:MM:SS)")
+    days, hours, minutes, seconds, only = match.groups()
+    if only is not None:
+        return int(only)
+    total = ((int(days or 0) * 24 + int(hours or 0)) * 60 + int(minutes)) * 60 + int(seconds)
+    return -(-total // 60)
+
+
+@dataclass(frozen=True)
+class ClusterConfig(_Section):
+    """Where the stages run; none of it changes a result (every field is a runtime one).
+
+    ``executor``: ``local`` (child processes of the runner, ``--jobs`` at a time) or ``slurm``
+    (each stage one Slurm job through submitit, submitted once the stages it waits for have
+    finished; ``mirl_lib.runner.slurm``). For Slurm: ``partition``, ``time`` (the job's time
+    limit), ``gpus_per_stage`` (GPUs of one node per stage; with more than one, every training
+    runs under torchrun with that many ranks), ``cpus_per_stage``, ``mem`` (e.g. ``64G``),
+    ``account``, ``qos``, ``constraint``, ``sbatch`` (further sbatch options, ``key=value`` or a
+    bare flag), ``max_timeouts`` (how often a stage reaching its time limit is requeued to resume
+    from its checkpoint) and ``poll_seconds`` (how often the driver looks at its jobs).
+    """
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("executor", "partition", "time", "gpus_per_stage",
+                                          "cpus_per_stage", "mem", "account", "qos",
+                                          "constraint", "sbatch", "max_timeouts", "poll_seconds")
+
+    executor: str = "local"
+    partition: str = ""
+    time: str = "24:00:00"
+    gpus_per_stage: int = 0
+    cpus_per_stage: int = 1
+    mem: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    sbatch: tuple[str, ...] = ()
+    max_timeouts: int = 3
+    poll_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(self.executor in EXECUTORS, "cluster.executor",
+                 f"must be one of {', '.join(map(repr, EXECUTORS))}")
+        slurm_minutes(self.time)
+        _require(self.gpus_per_stage >= 0, "cluster.gpus_per_stage", "must be >= 0")
+        _require(self.cpus_per_stage >= 1, "cluster.cpus_per_stage", "must be >= 1")
+        _require(self.max_timeouts >= 0, "cluster.max_timeouts", "must be >= 0")
+        _require(self.poll_seconds > 0, "cluster.poll_seconds", "must be positive")
+        bad = [o for o in self.sbatch if not re.fullmatch(r"[A-Za-z][\w-]*(=.+)?", o)]
+        _require(not bad, "cluster.sbatch", f"{bad}: write an sbatch option as key=value or a "
+                 f"bare flag, without the leading dashes")
+
+    def sbatch_options(self) -> dict[str, str | bool]:
+        """``cluster.sbatch`` as submitit's additional parameters (``key=value`` -> value,
+        a bare flag -> True; dashes in keys become underscores)."""
+        out: dict[str, str | bool] = {}
+        for option in self.sbatch:
+            key, sep, value = option.partition("=")
+            out[key.replace("-", "_")] = value if sep else True
+        return out
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole study configuration."""
@@ -403,6 +474,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serializable dict (tuples become lists)."""
@@ -525,7 +597,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise ConfigError(f"unknown section(s) {unknown}; known sections: {list(sections)}")
         hints = typing.get_type_hints(Config)
         built = {"model": model_config(data.get("model") or {})}
-        for name in ("data", "train", "prune", "study", "analysis"):
+        for name in ("data", "train", "prune", "study", "analysis", "cluster"):
             section = _durations(data.get(name)) if name == "train" else data.get(name)
             built[name] = section_from_dict(hints[name], section, name)
         return Config(**built)

@@ -47,6 +47,10 @@ LOCK_FILE = ".lock"
 FIGURES_DIR = "figures"
 NOTEBOOKS_DIR = "notebooks"
 REFERENCE_DIR = "reference"
+JOBS_DIR = "jobs"              # on a cluster: each stage's job (<stage>.json) and every submission
+SUBMISSIONS_FILE = "submissions.csv"
+TIMINGS_FILE = "timings.csv"       # per finished job: submitted, started, ended, seen, overhead
+SLURM_DIR = "slurm"            # submitit's folder: a job's submission, result and Slurm logs
 # a point folder renamed to <folder>.replaced-<time> so that its stage reruns (``--force``)
 MOVED_ASIDE = ".replaced-"
 

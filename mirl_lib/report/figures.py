@@ -22,13 +22,14 @@ from mirl_lib.core.names import (
 from mirl_lib.files.atomic import atomic_write_bytes  # noqa: E402
 from mirl_lib.report.comparisons import branch_rounds
 from mirl_lib.report.means import point_means
+from mirl_lib.report.primary import NOT_SHOWN, SHOWN, UNDECIDABLE, UNTESTABLE
 from mirl_lib.study import strategies  # noqa: E402
 
 matplotlib.use("Agg")
 
 
-DECISION_COLOURS = {"shown": "tab:blue", "not shown": "tab:gray", "undecidable": "tab:orange",
-                    "exploratory": "black"}
+DECISION_COLOURS = {SHOWN: "tab:blue", NOT_SHOWN: "tab:gray", UNDECIDABLE: "tab:orange",
+                    UNTESTABLE: "tab:red", "exploratory": "black"}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

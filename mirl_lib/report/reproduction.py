@@ -8,7 +8,8 @@ interval where another run's estimate on the same photos falls 95% of the time
 (``intervals.prediction_interval``: both runs' seeds vary, the shared photos do not). N estimates
 miss their prediction intervals now and then by chance; the rerun is *reproduced within noise* when
 no more than ``intervals.chance_misses(N)`` of them lie outside and every primary decision
-(``report.primary``) is the committed one.
+(``report.primary``) is the committed one: a claim shown stays shown, a claim not shown stays
+not shown ("undecidable", an interval wider than the margin allows, is a way of not showing it).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from mirl_lib.report.gains import dense_bars, dense_gains
 from mirl_lib.report.headline import deepest_round, headline_decisions
 from mirl_lib.report.intervals import LEVEL, chance_misses
 from mirl_lib.report.means import point_means
-from mirl_lib.report.primary import primary_table
+from mirl_lib.report.primary import SHOWN, primary_table
 
 # A rerun's estimate within this many dB of the prediction interval counts as inside: identical
 # reruns must not fail on floating-point noise.
@@ -115,15 +116,18 @@ def _bars_note(test: tuple[pd.DataFrame, pd.DataFrame],
 
 def _primary_note(rerun: pd.DataFrame, reference: pd.DataFrame, analysis: AnalysisConfig
                   ) -> tuple[str, bool]:
-    """Which primary decisions held, and whether all did."""
+    """Which primary decisions held, and whether all did. A decision is a claim shown or not: a
+    move between "not shown" and "undecidable" (both claim nothing) is named but holds."""
     rnd = deepest_round(reference)
     held = [headline_decisions(primary_table(t, analysis, rnd, with_power=False))
             for t in (rerun, reference)]
     names = [n for n in held[1] if n in held[0]]
     if not names:
         return "no primary comparison in both runs", True
-    changed = [n for n in names if held[0][n] != held[1][n]]
-    kept = [f"{n}: {held[1][n]}" for n in names if n not in changed]
+    changed = [n for n in names if (held[0][n] == SHOWN) != (held[1][n] == SHOWN)]
+    drifted = [n for n in names if n not in changed and held[0][n] != held[1][n]]
+    kept = [f"{n}: {held[1][n]}" + (f" → {held[0][n]}" if n in drifted else "")
+            for n in names if n not in changed]
     moved = [f"{n}: {held[1][n]} → {held[0][n]}" for n in changed]
     text = (f"{len(names) - len(changed)} of {len(names)} primary decisions held"
             + (f" ({'; '.join(kept)})" if kept else "")

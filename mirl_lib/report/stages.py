@@ -1,12 +1,14 @@
 """What the evaluation and figures stages compute, one call each, so their notebooks stay thin:
 ``evaluate_run`` gathers a finished study's tables and writes its comparisons, primary comparisons
-and summary page; ``draw_figures`` writes its figures."""
+and summary page (``analyse_run``, which needs only the tables); ``draw_figures`` writes its figures
+(``draw_statistics``: the two drawn from the statistics alone)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
+from mirl_lib.core.config import AnalysisConfig, Config
 from mirl_lib.core.names import TRUNK
 from mirl_lib.files.atomic import atomic_write_text
 from mirl_lib.files.paths import (
@@ -35,40 +37,64 @@ from mirl_lib.study.study import Study
 
 def evaluate_run(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """Gather every point's scores (``Study.collect``: ``metrics.csv``, ``heldout.csv``,
-    ``catalog.csv``), compare the ticket with every other network (``comparisons.csv``), test the
-    primary comparisons (``primary.csv``) and write ``summary.md``. Returns the metrics, the
-    primary table and the summary's path."""
-    analysis = study.cfg.analysis
+    ``catalog.csv``), then ``analyse_run``. Returns the metrics, the primary table and the
+    summary's path."""
     metrics = study.collect()
-    comps = comparisons(metrics, analysis.level)
-    write_comparisons(study.run_dir, comps)
-    primary = primary_table(metrics, analysis, deepest_round(metrics))
-    atomic_write_text(primary.to_csv(index=False), study.run_dir / PRIMARY_FILE)
-    summary = write_summary(study.run_dir, metrics, f"mirl study `{study.cfg.study.name}`",
-                            analysis, config_notes(study.cfg),
-                            heldout=read_optional(study.run_dir / HELDOUT_FILE),
-                            points=read_optional(study.run_dir / CATALOG_FILE), comps=comps)
+    primary, summary = analyse_run(study.run_dir, study.cfg, metrics)
     return metrics, primary, summary
+
+
+def analyse_run(run_dir: Path, cfg: Config, metrics: pd.DataFrame | None = None
+                ) -> tuple[pd.DataFrame, Path]:
+    """The statistics of a run whose scores are gathered (``metrics.csv``, and ``heldout.csv`` and
+    ``catalog.csv`` when there): compare the ticket with every other network
+    (``comparisons.csv``), test the primary comparisons of ``cfg.analysis`` (``primary.csv``) and
+    write ``summary.md``. Reads only those tables, never a network, so a finished run (one
+    copied back from a cluster, or a committed one) can be analysed again. Returns the primary
+    table and the summary's path."""
+    run_dir = Path(run_dir)
+    analysis = cfg.analysis
+    if metrics is None:
+        metrics = pd.read_csv(run_dir / METRICS_FILE)
+    comps = comparisons(metrics, analysis.level)
+    write_comparisons(run_dir, comps)
+    primary = primary_table(metrics, analysis, deepest_round(metrics))
+    atomic_write_text(primary.to_csv(index=False), run_dir / PRIMARY_FILE)
+    summary = write_summary(run_dir, metrics, f"mirl study `{cfg.study.name}`",
+                            analysis, config_notes(cfg),
+                            heldout=read_optional(run_dir / HELDOUT_FILE),
+                            points=read_optional(run_dir / CATALOG_FILE), comps=comps)
+    return primary, summary
+
+
+def draw_statistics(run_dir: Path, analysis: AnalysisConfig) -> list[Path]:
+    """The two figures drawn from the run's statistics alone (``metrics.csv``,
+    ``comparisons.csv``, ``primary.csv``): PSNR against remaining parameters with the trunk curve,
+    and the comparisons at the branch rounds."""
+    run_dir = Path(run_dir)
+    folder = run_dir / FIGURES_DIR
+    metrics = pd.read_csv(run_dir / METRICS_FILE)
+    primary = read_optional(run_dir / PRIMARY_FILE)
+    return [
+        figures.psnr_vs_remaining(metrics, folder / FIGURE_FILES["psnr_vs_remaining"],
+                                  trunk_curve(metrics, analysis.level)),
+        figures.comparison_forest(load_comparisons(run_dir, metrics),
+                                  folder / FIGURE_FILES["comparisons"], primary,
+                                  analysis.margin_db),
+    ]
 
 
 def draw_figures(study: Study) -> list[Path]:
     """The run's figures (``figures/``): PSNR against remaining parameters with the trunk curve,
     the comparisons at the branch rounds, the deepest ticket's per-layer density and the training
     curves."""
-    analysis = study.cfg.analysis
     folder = study.run_dir / FIGURES_DIR
-    metrics = pd.read_csv(study.run_dir / METRICS_FILE)
     last = max(r for _, r in study.points(TRUNK))
     seeds = list(study.cfg.study.seeds)
     report = study.point_table(TRUNK, last, MASK_REPORT_FILE)
     collapse = collapse_of(read_optional(study.run_dir / CATALOG_FILE), TRUNK, last)
-    primary = read_optional(study.run_dir / PRIMARY_FILE)
     return [
-        figures.psnr_vs_remaining(metrics, folder / FIGURE_FILES["psnr_vs_remaining"],
-                                  trunk_curve(metrics, analysis.level)),
-        figures.comparison_forest(load_comparisons(study.run_dir, metrics),
-                                  folder / FIGURE_FILES["comparisons"], primary,
-                                  analysis.margin_db),
+        *draw_statistics(study.run_dir, study.cfg.analysis),
         figures.layer_density(report, folder / FIGURE_FILES["layer_density"],
                               f"Final ticket (round {last}, seeds {seeds}): per-layer density",
                               collapse),

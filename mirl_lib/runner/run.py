@@ -9,14 +9,16 @@ overwrote them), on the test photos and on the held-out photos.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mirl_lib.core.errors import MirlError
 from mirl_lib.core.processes import Children, Zygote, module_command
-from mirl_lib.files.paths import NOTEBOOKS_DIR, REPORT_FILE
+from mirl_lib.files.paths import JOBS_DIR, NOTEBOOKS_DIR, REPORT_FILE
 from mirl_lib.report.reproduction import keep_reference, reproduction_report
 from mirl_lib.runner.papermill import (
     StageFailed,
@@ -25,6 +27,7 @@ from mirl_lib.runner.papermill import (
     export_html,
     kernel_env,
 )
+from mirl_lib.runner.slurm import SlurmStages
 from mirl_lib.study.graph import (
     FIGURES_STAGE,
     Stage,
@@ -45,14 +48,17 @@ NOTEBOOK_PRELOAD = (*POINTS_PRELOAD, "mirl_lib.report.stages", "papermill", "nbf
                     "ipykernel.kernelapp", "IPython", "ipykernel_launcher")
 
 
-def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs: int = 1,
-        overrides: dict | None = None) -> Study:
-    """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time.
-    ``overrides`` (runtime settings such as ``{"train": {"gpus": 2}}``) reach every notebook.
+def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
+        jobs: int | None = None, overrides: dict | None = None) -> Study:
+    """Run every stage of the study, skipping finished ones; ``jobs`` stages at a time (default:
+    2 on this machine, every stage the graph allows on a cluster). ``overrides`` (runtime settings
+    such as ``{"train": {"gpus": 2}}`` or a ``cluster`` section) reach every stage.
 
-    Holds ``<run>/.lock`` throughout. On the first failing stage nothing new starts, the stages
-    still running are stopped (their training resumes from its last checkpoint next time) and
-    ``StageFailed`` is raised with the failing cell's own error.
+    ``cluster.executor`` decides where a stage runs: ``local``, a papermill child of this process
+    (forked from a warm zygote); ``slurm``, a Slurm job running the same notebook
+    (``runner.slurm``). Holds ``<run>/.lock`` throughout. On the first failing stage nothing new
+    starts, the stages still running are stopped (their training resumes from its last checkpoint
+    next time) and ``StageFailed`` is raised with the failing cell's own error.
     """
     params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
     study = open_study(params_file, results_root, overrides)
@@ -60,23 +66,70 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (), jobs
     unknown = sorted(set(force) - {s.name for s in stages})
     if unknown:
         raise MirlError(f"--force: unknown stage(s) {unknown}; stages: {[s.name for s in stages]}")
-    lock = claim(study)
-    children = Children()
-    try:
-        with Zygote(NOTEBOOK_PRELOAD), \
-                tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
-            _run_stages(study, stages, params_file, results_root, force, jobs, children,
-                        kernel_env(Path(jupyter)), overrides)
-    finally:
-        children.kill_all()
-        lock.release()
+    out_dir = study.run_dir / NOTEBOOKS_DIR
+    if study.cfg.cluster.executor == "slurm":
+        def command(stage: Stage) -> list[str]:
+            return module_command("mirl_lib", "stages", "stage", str(params_file), "--results",
+                                  str(results_root), "--stage", stage.name, "--overrides",
+                                  json.dumps(overrides or {}))
+
+        def log(stage: Stage) -> Path:  # the job's own output; the stage's log is its notebook's
+            return study.run_dir / JOBS_DIR / f"{stage.name}.log"
+
+        cluster = SlurmStages(study.run_dir, study.cfg.cluster, command, log,
+                              lambda stage: executed_notebook(stage, out_dir))
+        cluster.check()  # before the lock, a folder or a job
+        lock = claim(study)
+        try:
+            _run_stages(study, stages, force, jobs or len(stages), cluster.execute,
+                        cluster.cancel_all)
+        except BaseException:
+            cluster.cancel_all()
+            raise
+        finally:
+            lock.release()
+    else:
+        lock = claim(study)
+        children = Children()
+        try:
+            with Zygote(NOTEBOOK_PRELOAD), \
+                    tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
+                env = kernel_env(Path(jupyter))
+
+                def local(stage: Stage, where: str) -> None:
+                    execute(stage, params_file, results_root, out_dir, children, env, overrides)
+
+                _run_stages(study, stages, force, jobs or 2, local, children.kill_all)
+        finally:
+            children.kill_all()
+            lock.release()
     print(reproduction_report(study.run_dir), flush=True)
     return study
 
 
-def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_root: Path,
-                force: tuple[str, ...], jobs: int, children: Children, env: dict[str, str],
-                overrides: dict | None) -> None:
+def run_stage(params_file: Path, results_root: Path, name: str,
+              overrides: dict | None = None) -> Path:
+    """Run one stage of the study here, as the runner would (what a stage's Slurm job runs):
+    its notebook through papermill, the executed copy and log under ``<run>/notebooks/``. Takes
+    no lock (the runner that asked for it holds the folder's). Raises ``StageFailed``."""
+    params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
+    study = open_study(params_file, results_root, overrides)
+    stages = {stage.name: stage for stage in stage_list(study)}
+    if name not in stages:
+        raise MirlError(f"--stage: unknown stage {name!r}; stages: {list(stages)}")
+    out_dir = study.run_dir / NOTEBOOKS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
+            return execute(stages[name], params_file, results_root, out_dir, children,
+                           kernel_env(Path(jupyter)), overrides)
+    finally:
+        children.kill_all()
+
+
+def _run_stages(study: Study, stages: list[Stage], force: tuple[str, ...], jobs: int,
+                execute_stage: Callable[[Stage, str], None], abort: Callable[[], None]) -> None:
     study.prepare()
     keep_reference(study.run_dir)
     out_dir = study.run_dir / NOTEBOOKS_DIR
@@ -101,34 +154,56 @@ def _run_stages(study: Study, stages: list[Stage], params_file: Path, results_ro
             print(f"{where}: done already; running its notebook again to record it", flush=True)
         t0 = time.time()
         print(f"{where}: running {stage.notebook} ...", flush=True)
-        executed = execute(stage, params_file, results_root, out_dir, children, env, overrides)
+        execute_stage(stage, where)
         if name == FIGURES_STAGE:
-            report = export_html(executed, study.run_dir / REPORT_FILE)
+            report = export_html(executed_notebook(stage, out_dir), study.run_dir / REPORT_FILE)
             print(f"{where}: report {report}", flush=True)
         print(f"{where}: finished in {time.time() - t0:.0f} s "
               f"(total {(time.time() - started) / 60:.1f} min)", flush=True)
 
-    schedule(deps, jobs, one, abort=children.kill_all)
+    schedule(deps, jobs, one, abort=abort)
     print(f"Study finished in {(time.time() - started) / 60:.1f} min: {study.run_dir}", flush=True)
 
 
-def run_points_only(params_file: Path, results_root: Path, jobs: int = 1,
+def run_points_only(params_file: Path, results_root: Path, jobs: int | None = None,
                     overrides: dict | None = None) -> Study:
     """Train and score every point of the study without notebooks (for a machine without Jupyter,
     such as a GPU image, and for reruns whose numbers alone matter): the same stages, the same
     dependencies and schedule as ``run``, each stage's points in a child process
-    (``run_points``), ``jobs`` at a time. No data preview, evaluation or figures stage: the
-    points' ``metrics.csv`` / ``heldout.csv`` are the results. Finished points are skipped.
+    (``run_points``) or, with ``cluster.executor: slurm``, a Slurm job; ``jobs`` at a time. No data
+    preview, evaluation or figures stage: the points' ``metrics.csv`` / ``heldout.csv`` are the
+    results. Finished points are skipped.
     """
     params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
     study = open_study(params_file, results_root, overrides)
     stages = [s for s in stage_list(study) if s.points]
-    lock = claim(study)
-    children = Children()
     started = time.time()
     by_name = {stage.name: stage for stage in stages}
     deps = {name: wait_for & set(by_name)
             for name, wait_for in dependencies(study, stages).items() if name in by_name}
+
+    def command(stage: Stage) -> list[str]:
+        request = json.dumps({"params": str(params_file), "results": str(results_root),
+                              "overrides": overrides, "points": stage.points,
+                              "seeds": stage.seeds})
+        return module_command("mirl_lib", "stages", "points-stage", request)
+
+    children = Children()
+    if study.cfg.cluster.executor == "slurm":
+        cluster = SlurmStages(study.run_dir, study.cfg.cluster, command,
+                              lambda stage: study.run_dir / JOBS_DIR / f"{stage.name}.log",
+                              lambda stage: None)
+        cluster.check()
+        execute_stage, abort, jobs = cluster.execute, cluster.cancel_all, jobs or len(stages)
+    else:
+        def execute_stage(stage: Stage, where: str) -> None:
+            proc = children.start(command(stage))
+            code = proc.wait()
+            children.finished(proc)
+            if code != 0:
+                raise StageFailed(f"stage {where}: its process exited with code {code}")
+
+        abort, jobs = children.kill_all, jobs or 2
 
     def one(name: str) -> None:
         stage, t0 = by_name[name], time.time()
@@ -136,21 +211,19 @@ def run_points_only(params_file: Path, results_root: Path, jobs: int = 1,
             print(f"{name}: done already, skipped", flush=True)
             return
         print(f"{name}: training {len(stage.points)} point(s) ...", flush=True)
-        request = json.dumps({"params": str(params_file), "results": str(results_root),
-                              "overrides": overrides, "points": stage.points,
-                              "seeds": stage.seeds})
-        proc = children.start(module_command("mirl_lib", "stages", "points-stage", request))
-        code = proc.wait()
-        children.finished(proc)
-        if code != 0:
-            raise StageFailed(f"stage {name}: its process exited with code {code}")
+        execute_stage(stage, name)
         print(f"{name}: finished in {time.time() - t0:.0f} s "
               f"(total {(time.time() - started) / 60:.1f} min)", flush=True)
 
+    lock = claim(study)
     try:
         study.prepare()
-        with Zygote(POINTS_PRELOAD):
-            schedule(deps, jobs, one, abort=children.kill_all)
+        local = study.cfg.cluster.executor == "local"
+        with Zygote(POINTS_PRELOAD) if local else contextlib.nullcontext():  # jobs start cold
+            schedule(deps, jobs, one, abort=abort)
+    except BaseException:
+        abort()
+        raise
     finally:
         children.kill_all()
         lock.release()

@@ -256,6 +256,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         _set_rng_state(state["rng"])
         done, history, seconds = state["step"], list(state["history"]), state["seconds"]
         loss_sum, loss_count = state["loss_sum"], state["loss_count"]
+        if ctx.rank == 0:
+            print(f"resuming at step {done} of {cfg.steps} from {state_path}", flush=True)
     else:
         _seed_all(seed)
     net = (DistributedDataParallel(model, device_ids=[device.index] if cuda else None,

@@ -22,7 +22,7 @@ from mirl_lib.report.comparisons import (
 )
 from mirl_lib.report.headline import answer, headline, headline_decisions
 from mirl_lib.report.means import point_means, seed_stats
-from mirl_lib.report.primary import primary_table
+from mirl_lib.report.primary import NOT_SHOWN, SHOWN, UNDECIDABLE, UNTESTABLE, primary_table
 from mirl_lib.report.reproduction import reproduction
 from mirl_lib.report.summary import summary_markdown
 
@@ -352,6 +352,15 @@ def test_figures_are_written_for_several_seeds(tmp_path: Path) -> None:
             assert image.width > 300 and np.asarray(image.convert("L")).std() > 5
 
 
+@pytest.mark.parametrize("decision", [SHOWN, NOT_SHOWN, UNDECIDABLE, UNTESTABLE])
+def test_the_forest_draws_every_decision_a_primary_can_take(tmp_path: Path, decision: str) -> None:
+    data = metrics((0, 1), -0.5)
+    primary = primary_table(data, ANALYSIS, 2).assign(decision=decision)
+    path = figures.comparison_forest(comparisons(data), tmp_path / "forest.png", primary)
+    with Image.open(path) as image:
+        assert image.width > 300
+
+
 def test_dense_bars_are_computed_from_paired_gains() -> None:
     from mirl_lib.report.gains import DENSE_MIN_GAIN_DB, dense_bars, dense_gains
 
@@ -412,3 +421,16 @@ def test_reproduce_command_compares_two_files(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
         assert not out.exists()
+
+
+def test_a_claim_not_shown_either_way_holds() -> None:
+    """Not shown in the committed run, undecidable in the rerun (its seeds disagree far more):
+    neither claims anything, so the decision held, and the line names the move."""
+    analysis = AnalysisConfig(primary=("dense:equivalence",), margin_reason="the reason")
+    reference = metrics((0, 1, 2), -0.5)
+    rerun = reference.copy()
+    ticket = (rerun["strategy"] == "rewind") & (rerun["round"] == 2)
+    rerun.loc[ticket, "psnr"] += rerun.loc[ticket, "seed"].map({0: -2.0, 1: 2.0, 2: 0.0})
+    _, line = reproduction(rerun, reference, analysis)
+    assert line.startswith("reproduced within noise: 1 of 1 primary decisions held (vs dense "
+                           "(equivalence): not shown → undecidable)"), line
