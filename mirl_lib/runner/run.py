@@ -80,6 +80,8 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
                               lambda stage: executed_notebook(stage, out_dir))
         cluster.check()  # before the lock, a folder or a job
         lock = claim(study)
+        if lock.taken_over is not None:  # a driver that died: its finished jobs count
+            cluster.adopt_since = float(lock.taken_over.get("create_time", 0.0)) - 1.0
         try:
             _run_stages(study, stages, force, jobs or len(stages), cluster.execute,
                         cluster.cancel_all)

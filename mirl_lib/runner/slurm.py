@@ -14,7 +14,9 @@ stages it waits for have finished, running exactly the command it runs locally.
   followed with ``squeue`` and submitit's result files, so the cluster needs no accounting database
   (``sacct``).
 - A driver that stops and is started again reattaches to a stage's job that is still pending or
-  running instead of submitting it again; a stage whose job finished is skipped as locally.
+  running instead of submitting it again; a stage whose job finished is skipped as locally, and so
+  is one whose job the stopped driver submitted and that succeeded while no driver watched
+  (``adopt_since``: a stage without points, such as the data preview, is otherwise run again).
 - A stage that fails in its job is reported at once, in one line: the stage, the job, the failing
   cell's own error and where the logs are; ``cancel_all`` cancels the jobs still running.
 """
@@ -111,6 +113,9 @@ class SlurmStages:
         self._executor: submitit.AutoExecutor | None = None
         self._mine: set[str] = set()
         self._cancelled = False  # cancel_all was called: the jobs left will not write results
+        # when this driver took over from one that died (its process start time): a stage whose
+        # job that driver submitted and that succeeded while no driver watched is not run again
+        self.adopt_since: float | None = None
 
     @property
     def executor(self) -> submitit.AutoExecutor:
@@ -232,6 +237,11 @@ class SlurmStages:
         record = self.record(stage.name)
         if record is not None and queue_state(record.job_id) is not None:
             print(f"{where}: reattached to Slurm job {record.job_id}", flush=True)
+        elif (record is not None and self.adopt_since is not None
+              and record.submitted >= self.adopt_since and outcome(record) == "success"):
+            print(f"{where}: finished in Slurm job {record.job_id} while no driver watched",
+                  flush=True)
+            return
         else:
             record = self.submit(stage)
             print(f"{where}: submitted as Slurm job {record.job_id}", flush=True)

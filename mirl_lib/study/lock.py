@@ -27,6 +27,7 @@ class RunLock:
                      "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "create_time": psutil.Process().create_time(),
                      "command": " ".join(sys.argv)}
+        self.taken_over: dict | None = None  # the dead holder's record, once taken over
 
     def acquire(self) -> str | None:
         """Take the lock; returns a warning when a dead holder's lock was taken over. Raises
@@ -48,6 +49,7 @@ class RunLock:
                 f"{holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
                 f"{holder.get('command')}); wait for it, stop it, or use another --results folder")
         atomic_write_text(json.dumps(self.mine), self.path)
+        self.taken_over = holder
         if holder is None:
             return f"warning: {self.path} was unreadable; took the lock over"
         return (f"warning: took over the lock of a run that is no longer running (PID "

@@ -53,8 +53,8 @@ def test_every_artifact_exists_and_is_consistent(smoke_run: SmokeRun) -> None:
     assert set(metrics["task"]) == set(cfg.data.tasks)
     summary = (run_dir / "summary.md").read_text()
     assert "## Answer" in summary
-    assert re.search(r"\]: (matches|better than|worse than|inconclusive against) the dense "
-                     r"network", summary)
+    assert re.search(r"Ticket vs the dense network: \*\*not worse than the dense network by more "
+                     r"than 0\.25 dB: (shown|not shown|undecidable|cannot be tested)\*\*", summary)
     for stage in stage_list(study):
         notebook = executed_notebook(stage, run_dir / "notebooks")
         nb = nbformat.read(notebook, as_version=4)
@@ -146,7 +146,9 @@ def test_gpu_rerun_script_reruns_with_the_same_identity(smoke_run: SmokeRun,
                             str(run_dir / "metrics.csv")], capture_output=True, text=True,
                            timeout=300, cwd=REPO)
     assert check.returncode == 0, check.stderr
-    assert check.stdout.startswith("reproduced within noise") and "0.000 dB" in check.stdout
+    # one seed: nothing to judge against intervals, but every point's PSNR is the notebook run's
+    assert check.stdout.startswith(("reproduced within noise", "nothing to judge"))
+    assert "max |ΔPSNR| = 0.000 dB" in check.stdout, check.stdout
     bad = tmp_path / "nodevice.yaml"
     bad.write_text(SMOKE.read_text().replace("  device: cpu\n", ""))
     refused = subprocess.run([str(REPO / "scripts" / "gpu_rerun.sh"), str(bad), str(out)],
