@@ -5,9 +5,20 @@ a reference run.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mirl_lib.core.errors import DataError
 from mirl_lib.files.paths import CONFIG_FILE, METRICS_FILE
+
+
+def finished_run(run: Path) -> tuple[Path, Path]:
+    """A finished run folder's ``metrics.csv`` and ``config.yaml``; ``DataError`` naming the one
+    missing."""
+    paths = (run / METRICS_FILE, run / CONFIG_FILE)
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (is {run} a finished run folder?)")
+    return paths
 
 
 def reproduce_command(args: argparse.Namespace) -> None:
@@ -49,10 +60,7 @@ def headline_command(args: argparse.Namespace) -> None:
     from mirl_lib.core.config import load_config
     from mirl_lib.report.headline import headline
 
-    metrics, config = args.run / METRICS_FILE, args.run / CONFIG_FILE
-    for path in (metrics, config):
-        if not path.is_file():
-            raise DataError(f"{path}: no such file (is {args.run} a finished run folder?)")
+    metrics, config = finished_run(args.run)
     text = headline(pd.read_csv(metrics), load_config(config).analysis)
     print(f"<!-- headline:{args.run.name} -->\n{text}<!-- /headline -->")
 
@@ -69,10 +77,7 @@ def report_command(args: argparse.Namespace) -> None:
     from mirl_lib.report.stages import analyse_run, draw_statistics
     from mirl_lib.study.study import Study
 
-    metrics_path, config_path = args.run / METRICS_FILE, args.run / CONFIG_FILE
-    for path in (metrics_path, config_path):
-        if not path.is_file():
-            raise DataError(f"{path}: no such file (is {args.run} a finished run folder?)")
+    metrics_path, config_path = finished_run(args.run)
     metrics = pd.read_csv(metrics_path)
     cfg = load_config(args.params if args.params is not None else config_path)
     made = sorted(set(metrics["config_hash"].astype(str))) if "config_hash" in metrics else []

@@ -67,8 +67,7 @@ def list_stages(params: Path, results: Path, overrides: dict | None) -> None:
     study.check_identity()  # a folder of another config has no "done" stages for this one
     slurm = None
     if study.cfg.cluster.executor == "slurm" or (study.run_dir / JOBS_DIR).is_dir():
-        slurm = SlurmStages(study.run_dir, study.cfg.cluster, lambda s: [], lambda s: Path(),
-                            lambda s: None)
+        slurm = SlurmStages(study.run_dir, study.cfg.cluster, lambda s: [], lambda s: None)
     for stage in stage_list(study):
         line = f"{stage.name}\t{'done' if stage_done(study, stage) else 'todo'}"
         if slurm is not None:

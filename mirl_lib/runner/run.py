@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mirl_lib.core.errors import MirlError
 from mirl_lib.core.processes import Children, Zygote, module_command
-from mirl_lib.files.paths import JOBS_DIR, NOTEBOOKS_DIR, REPORT_FILE
+from mirl_lib.files.paths import NOTEBOOKS_DIR, REPORT_FILE
 from mirl_lib.report.reproduction import keep_reference, reproduction_report
 from mirl_lib.runner.papermill import (
     StageFailed,
@@ -73,10 +73,7 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
                                   str(results_root), "--stage", stage.name, "--overrides",
                                   json.dumps(overrides or {}))
 
-        def log(stage: Stage) -> Path:  # the job's own output; the stage's log is its notebook's
-            return study.run_dir / JOBS_DIR / f"{stage.name}.log"
-
-        cluster = SlurmStages(study.run_dir, study.cfg.cluster, command, log,
+        cluster = SlurmStages(study.run_dir, study.cfg.cluster, command,
                               lambda stage: executed_notebook(stage, out_dir))
         cluster.check()  # before the lock, a folder or a job
         lock = claim(study)
@@ -192,9 +189,7 @@ def run_points_only(params_file: Path, results_root: Path, jobs: int | None = No
 
     children = Children()
     if study.cfg.cluster.executor == "slurm":
-        cluster = SlurmStages(study.run_dir, study.cfg.cluster, command,
-                              lambda stage: study.run_dir / JOBS_DIR / f"{stage.name}.log",
-                              lambda stage: None)
+        cluster = SlurmStages(study.run_dir, study.cfg.cluster, command, lambda stage: None)
         cluster.check()
         execute_stage, abort, jobs = cluster.execute, cluster.cancel_all, jobs or len(stages)
     else:

@@ -101,14 +101,14 @@ def outcome(record: Record) -> str | None:
 
 class SlurmStages:
     """Runs stages as Slurm jobs (module docstring). ``command_for(stage)`` is the command a stage
-    runs (locally it would run it itself), ``log_for(stage)`` where its output goes and
-    ``notebook_for(stage)`` its executed notebook, where a failure's own error is read."""
+    runs (locally it would run it itself) and ``notebook_for(stage)`` its executed notebook, where a
+    failure's own error is read; the job's output goes to ``log_path(stage)``."""
 
     def __init__(self, run_dir: Path, cluster: ClusterConfig,
-                 command_for: Callable[[Stage], list[str]], log_for: Callable[[Stage], Path],
+                 command_for: Callable[[Stage], list[str]],
                  notebook_for: Callable[[Stage], Path | None]) -> None:
         self.run_dir, self.cluster = Path(run_dir), cluster
-        self.command_for, self.log_for, self.notebook_for = command_for, log_for, notebook_for
+        self.command_for, self.notebook_for = command_for, notebook_for
         self.jobs_dir = self.run_dir / JOBS_DIR
         self._executor: submitit.AutoExecutor | None = None
         self._mine: set[str] = set()
@@ -179,6 +179,10 @@ class SlurmStages:
             return None
         return Record(**json.loads(path.read_text()))
 
+    def log_path(self, stage: Stage) -> Path:
+        """The job's own output (a notebook stage's own log is its notebook's)."""
+        return self.jobs_dir / f"{stage.name}.log"
+
     def times_path(self, stage: str) -> Path:
         return self.jobs_dir / f"{stage}.times.json"
 
@@ -201,7 +205,7 @@ class SlurmStages:
             writer.writerow(row)
 
     def submit(self, stage: Stage) -> Record:
-        log = self.log_for(stage)
+        log = self.log_path(stage)
         log.parent.mkdir(parents=True, exist_ok=True)
         self.executor.update_parameters(name=f"mirl-{stage.name}")
         self.times_path(stage.name).unlink(missing_ok=True)  # an earlier attempt's
@@ -255,13 +259,15 @@ class SlurmStages:
             seen = state
             time.sleep(self.cluster.poll_seconds)
         deadline = time.time() + 30  # the result file follows the job's end closely
-        while outcome(record) is None and time.time() < deadline and not self._cancelled:
+        result = outcome(record)
+        while result is None and time.time() < deadline and not self._cancelled:
             time.sleep(0.2)
+            result = outcome(record)
         self._mine.discard(record.job_id)
-        if outcome(record) == "success":
+        if result == "success":
             self.note_timing(record, time.time())
             return
-        log = self.log_for(stage)
+        log = self.log_path(stage)
         notebook = self.notebook_for(stage)
         text = log.read_text(errors="replace") if log.is_file() else ""
         reason = failure_reason(notebook if notebook is not None and notebook.exists() else None,
