@@ -1,8 +1,17 @@
 """Session-wide fixtures: the working tree is left as found, and one smoke study through
-``./run_all.sh`` (interrupted once and resumed) that every test reading a finished study shares."""
+``./run_all.sh`` (interrupted once and resumed) that every test reading a finished study shares.
+
+The suite runs on two pytest-xdist workers (``./run_tests.sh``: ``-n 2 --dist loadscope
+--no-loadscope-reorder``). A test module stays on one worker, so its module-scoped fixtures are built
+once; the modules that take longest go first (``LONGEST_FIRST``), so the two workers finish
+together. The smoke study is built once for both workers (a file lock in the workers' common
+temporary folder), and torch in each worker uses one thread: two workers with two threads each on
+two cores wait on each other."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -10,19 +19,61 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from filelock import FileLock
 from smoke import SMOKE, SmokeRun, run_all
 
 from mirl_lib.core.config import load_config
 from mirl_lib.core.names import TRUNK
-from mirl_lib.files.paths import CHECKOUT, SUMMARY_FILE
+from mirl_lib.files.paths import CHECKOUT, METRICS_FILE, SUMMARY_FILE
 from mirl_lib.study.study import Study
+
+# Test modules in the order the workers take them: the ones that take longest on the 2-core
+# machine first (``./run_tests.sh --durations=0``); the rest follow in collection order.
+LONGEST_FIRST = ("tests/runner/test_slurm.py", "tests/runner/test_slurm_requeue.py",
+                 "tests/runner/test_run.py", "tests/runner/test_gpus.py",
+                 "tests/runner/test_failures.py", "tests/study/test_study.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest modules first (a stable sort: the rest keep their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker(worker_id: str) -> Iterator[None]:
+    """Torch in a pytest-xdist worker uses one thread (the studies' own processes set theirs)."""
+    if worker_id == "master":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> SmokeRun:
     """The smoke study through ``./run_all.sh``, killed once its first trunk round is done, then
-    run again to the end (one per test session; tests that change it restore what they change)."""
-    results = tmp_path_factory.mktemp("smoke_results")
+    run again to the end: one per test run, shared by the xdist workers (tests that change it
+    restore what they change). ``SmokeRun.metrics`` is a copy of its ``metrics.csv`` taken when it
+    finished, for tests on another worker that compare against it."""
+    if worker_id == "master":
+        return make_smoke_run(tmp_path_factory.mktemp("smoke_results"))
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' common folder
+    made = shared / "smoke_run.json"
+    with FileLock(str(shared / "smoke_run.lock")):
+        if not made.is_file():
+            run = make_smoke_run(shared / "smoke_results")
+            made.write_text(json.dumps({"run_dir": str(run.run_dir), "log": run.log,
+                                        "metrics": str(run.metrics)}))
+    record = json.loads(made.read_text())
+    return SmokeRun(Path(record["run_dir"]), record["log"], Path(record["metrics"]))
+
+
+def make_smoke_run(results: Path) -> SmokeRun:
+    results.mkdir(parents=True, exist_ok=True)
     study = Study(load_config(SMOKE), results / "smoke")
     proc = subprocess.Popen([str(CHECKOUT / "run_all.sh"), str(SMOKE), "--results", str(results),
                              "--jobs", "1"], cwd=CHECKOUT, stdout=subprocess.DEVNULL,
@@ -36,7 +87,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     assert not (study.run_dir / SUMMARY_FILE).exists()
     second = run_all(SMOKE, results)
     assert second.returncode == 0, second.stdout + second.stderr
-    return SmokeRun(study.run_dir, second.stdout)
+    metrics = results / f"finished_{METRICS_FILE}"
+    shutil.copy2(study.run_dir / METRICS_FILE, metrics)
+    return SmokeRun(study.run_dir, second.stdout, metrics)
 
 
 @pytest.fixture(scope="session", autouse=True)

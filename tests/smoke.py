@@ -22,10 +22,12 @@ def run_all(params: Path, results: Path, *args: str, timeout: int = 600
 
 @dataclass(frozen=True)
 class SmokeRun:
-    """The finished smoke study: its run folder and the log of the run that finished it."""
+    """The finished smoke study: its run folder, the log of the run that finished it and a copy of
+    its ``metrics.csv`` as it finished."""
 
     run_dir: Path
     log: str
+    metrics: Path
 
 
 def smoke_study(tmp_path: Path, **overrides: dict) -> Study:

@@ -15,13 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from mirl_lib.core.config import load_config
 from mirl_lib.core.errors import MirlError
 from mirl_lib.files.paths import JOBS_DIR, RESULTS
-from mirl_lib.runner.run import points_stage, run, run_points_only, run_stage
-from mirl_lib.runner.slurm import SlurmStages
-from mirl_lib.study.forecast import forecast, forecast_text
-from mirl_lib.study.graph import stage_done, stage_list
-from mirl_lib.study.study import open_study
 
 INTERRUPTED = ("interrupted: finished stages are kept and an interrupted training resumes from "
                "its last checkpoint; run the same command again to continue")
@@ -63,6 +59,10 @@ def overrides_of(args: argparse.Namespace) -> dict | None:
 
 
 def list_stages(params: Path, results: Path, overrides: dict | None) -> None:
+    from mirl_lib.runner.slurm import SlurmStages
+    from mirl_lib.study.graph import stage_done, stage_list
+    from mirl_lib.study.study import open_study
+
     study = open_study(params, results, overrides)
     study.check_identity()  # a folder of another config has no "done" stages for this one
     slurm = None
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     forecast_p.add_argument("--scaling", type=float, default=1.0,
                             help="data-parallel efficiency of a stage's GPUs (1.0: ideal)")
     one_p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    one_p.add_argument("--described", default=None, help=argparse.SUPPRESS)  # Stage.describe()
     run_p.add_argument("--force", action="append", default=[], metavar="STAGE")
     run_p.add_argument("--gpus", type=int, default=None, metavar="N",
                        help="train every point under torchrun with N processes, one per GPU "
@@ -117,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     jobs = max(1, args.jobs) if getattr(args, "jobs", None) is not None else None
     try:
+        if args.command == "stage" and args.described:  # a Slurm job: no torch in this process
+            from mirl_lib.runner.papermill import run_described
+            from mirl_lib.study.stage import Stage
+
+            run_described(args.params, args.results, Stage.described(args.described),
+                          json.loads(args.overrides) or None)
+            return 0
+        if args.command in ("run", "points", "list"):  # a bad params file or option: one line,
+            load_config(args.params, overrides_of(args))  # before torch is imported
+        from mirl_lib.runner.run import points_stage, run, run_points_only, run_stage
+        from mirl_lib.study.forecast import forecast, forecast_text
+        from mirl_lib.study.study import open_study
+
         if args.command == "points-stage":
             points_stage(args.request)
         elif args.command == "stage":

@@ -26,6 +26,7 @@ import psutil
 
 from mirl_lib.core import zygote
 from mirl_lib.core.errors import MirlError
+from mirl_lib.core.imports import lean
 
 _PR_SET_PDEATHSIG = 1
 
@@ -172,6 +173,7 @@ def _running(process: psutil.Process) -> bool:
 def main(argv: list[str]) -> None:
     """``python -m mirl_lib.core.processes MODULE ARGS...``: run MODULE as a child of this parent."""
     die_with_parent()
+    lean()
     sys.argv = list(argv)
     runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
 

@@ -38,6 +38,8 @@ import struct
 import sys
 import traceback
 
+from mirl_lib.core.imports import lean
+
 ENV = "MIRL_ZYGOTE"  # the socket path a command's caller reaches the zygote on
 _HEADER = struct.Struct("!I")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -150,6 +152,7 @@ def serve(path: str, preload: list[str]) -> None:
     _die_with_parent()
     # a Ctrl-C reaches the runner's whole process group: the runner stops the zygote itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lean()
     for name in preload:
         importlib.import_module(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -9,16 +9,21 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import nbformat
+from mirl_lib.core.imports import lean
 
-from mirl_lib.core.errors import MirlError
+lean()  # before nbformat: see core/imports.py
+import nbformat  # noqa: E402
+
+from mirl_lib.core.config import load_config  # noqa: E402
+from mirl_lib.core.errors import MirlError  # noqa: E402
 from mirl_lib.core.processes import Children, kill_tree, module_command
 from mirl_lib.files.atomic import atomic_write_text
-from mirl_lib.files.paths import NOTEBOOKS, importable
-from mirl_lib.study.graph import Stage
+from mirl_lib.files.paths import NOTEBOOKS, NOTEBOOKS_DIR, importable
+from mirl_lib.study.stage import Stage
 
 
 def executed_notebook(stage: Stage, out_dir: Path) -> Path:
@@ -31,6 +36,24 @@ def executed_notebook(stage: Stage, out_dir: Path) -> Path:
 
 class StageFailed(MirlError):
     """A stage notebook failed; the message holds the notebook's own error and where to look."""
+
+
+def run_described(params_file: Path, results_root: Path, stage: Stage,
+                  overrides: dict | None = None) -> Path:
+    """Run one stage here from its description (``Stage.describe``): what a stage's Slurm job
+    runs. Its notebook through papermill (``execute``), the executed copy and log under
+    ``<run>/notebooks/``; this process imports neither torch nor the study (the kernel does).
+    Takes no lock (the runner that asked for it holds the folder's). Raises ``StageFailed``."""
+    cfg = load_config(params_file, overrides)
+    out_dir = Path(results_root) / cfg.study.name / NOTEBOOKS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
+            return execute(stage, params_file, results_root, out_dir, children,
+                           kernel_env(Path(jupyter)), overrides)
+    finally:
+        children.kill_all()
 
 
 def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,

@@ -26,6 +26,7 @@ from mirl_lib.runner.papermill import (
     executed_notebook,
     export_html,
     kernel_env,
+    run_described,
 )
 from mirl_lib.runner.slurm import SlurmStages
 from mirl_lib.study.graph import (
@@ -71,7 +72,7 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
         def command(stage: Stage) -> list[str]:
             return module_command("mirl_lib", "stages", "stage", str(params_file), "--results",
                                   str(results_root), "--stage", stage.name, "--overrides",
-                                  json.dumps(overrides or {}))
+                                  json.dumps(overrides or {}), "--described", stage.describe())
 
         cluster = SlurmStages(study.run_dir, study.cfg.cluster, command,
                               lambda stage: executed_notebook(stage, out_dir))
@@ -108,23 +109,15 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
 
 def run_stage(params_file: Path, results_root: Path, name: str,
               overrides: dict | None = None) -> Path:
-    """Run one stage of the study here, as the runner would (what a stage's Slurm job runs):
-    its notebook through papermill, the executed copy and log under ``<run>/notebooks/``. Takes
-    no lock (the runner that asked for it holds the folder's). Raises ``StageFailed``."""
+    """Run one stage of the study here, as the runner would: its notebook through papermill, the
+    executed copy and log under ``<run>/notebooks/`` (``run_described``). Takes no lock (the
+    runner that asked for it holds the folder's). Raises ``StageFailed``."""
     params_file, results_root = Path(params_file).resolve(), Path(results_root).resolve()
-    study = open_study(params_file, results_root, overrides)
-    stages = {stage.name: stage for stage in stage_list(study)}
+    stages = {stage.name: stage for stage in stage_list(open_study(params_file, results_root,
+                                                                   overrides))}
     if name not in stages:
         raise MirlError(f"--stage: unknown stage {name!r}; stages: {list(stages)}")
-    out_dir = study.run_dir / NOTEBOOKS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    children = Children()
-    try:
-        with tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
-            return execute(stages[name], params_file, results_root, out_dir, children,
-                           kernel_env(Path(jupyter)), overrides)
-    finally:
-        children.kill_all()
+    return run_described(params_file, results_root, stages[name], overrides)
 
 
 def _run_stages(study: Study, stages: list[Stage], force: tuple[str, ...], jobs: int,

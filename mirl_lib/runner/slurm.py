@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,31 +32,13 @@ from pathlib import Path
 
 import submitit
 
-from mirl_lib.core import zygote
 from mirl_lib.core.config import ClusterConfig, slurm_minutes
 from mirl_lib.core.errors import ConfigError
 from mirl_lib.files.atomic import atomic_write_text
 from mirl_lib.files.paths import JOBS_DIR, SLURM_DIR, SUBMISSIONS_FILE, TIMINGS_FILE
 from mirl_lib.runner.papermill import StageFailed, failure_reason
+from mirl_lib.runner.slurm_job import StageJob
 from mirl_lib.study.graph import Stage
-
-
-class StageJob(submitit.helpers.Checkpointable):
-    """What a stage's Slurm job runs: the stage's command, its output appended to ``log``; when it
-    started and ended (on the node's clock) go to ``times``. When Slurm preempts the job or its
-    time limit nears, submitit requeues this same call (``Checkpointable``): the command runs again
-    and resumes from what the stage saved."""
-
-    def __call__(self, command: list[str], log: str, times: str) -> int:
-        env = {k: v for k, v in os.environ.items() if k != zygote.ENV}  # the job's own process
-        started = time.time()
-        with open(log, "a") as out:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        atomic_write_text(json.dumps({"started": started, "ended": time.time()}), Path(times))
-        if code != 0:
-            raise RuntimeError(f"the stage's command exited with code {code}; see {log}")
-        return code
-
 
 # ``<run>/jobs/timings.csv``: per finished job, when it was submitted, started and ended and when the
 # driver saw it end; ``overhead_s`` is the stage's time through Slurm beyond its command's own

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from pathlib import Path
 
@@ -18,23 +17,12 @@ from mirl_lib.files.paths import (
     FIGURES_NOTEBOOK,
     MOVED_ASIDE,
 )
+from mirl_lib.study.stage import Stage
 from mirl_lib.study.strategies import REGISTRY
 from mirl_lib.study.study import Study
 
 # The stages that train nothing: the data preview, the evaluation and the figures.
 DATA_STAGE, EVALUATE_STAGE, FIGURES_STAGE = "data", "evaluate", "figures"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One notebook execution: its name, notebook file and injected parameters; the points it
-    trains, for ``seeds`` (``None``: every seed of the study)."""
-
-    name: str
-    notebook: str
-    parameters: dict = field(default_factory=dict)
-    points: tuple[tuple[str, int], ...] = ()
-    seeds: tuple[int, ...] | None = None
 
 
 def stage_list(study: Study) -> list[Stage]:

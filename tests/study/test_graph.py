@@ -17,6 +17,7 @@ from mirl_lib.files.paths import CHECKOUT
 from mirl_lib.runner.papermill import executed_notebook
 from mirl_lib.study import strategies
 from mirl_lib.study.graph import dependencies, schedule, stage_list
+from mirl_lib.study.stage import Stage
 from mirl_lib.study.study import Study, open_study
 
 PARAMS = CHECKOUT / "params"
@@ -142,3 +143,15 @@ def test_several_seeds_run_as_independent_stages_that_wait_only_for_their_own_se
         names.index(n) for n in names if n.startswith("branch"))
     with pytest.raises(ConfigError, match=r"seeds \[7\] are not seeds of this study"):
         study.run_points([("dense", 0)], seeds=[7])
+
+
+def test_a_stage_described_is_the_stage(tmp_path: Path) -> None:
+    """What a stage's Slurm job gets (``Stage.describe``) reads back as the same stage, for every
+    stage of a study with two seeds (seed lists, points and parameters included)."""
+    study = smoke(tmp_path, study={"seeds": [0, 1]})
+    stages = stage_list(study)
+    assert any(stage.seeds for stage in stages) and any(stage.points for stage in stages)
+    for stage in stages:
+        assert Stage.described(stage.describe()) == stage
+        assert executed_notebook(Stage.described(stage.describe()), tmp_path) == \
+            executed_notebook(stage, tmp_path)
