@@ -157,7 +157,7 @@ def test_the_ground_floor_and_the_statistics_load_without_torch() -> None:
     code = ("import sys; import mirl_lib.core.errors, mirl_lib.core.names, mirl_lib.core.config, "
             "mirl_lib.files.atomic, mirl_lib.files.paths, mirl_lib.report.intervals, "
             "mirl_lib.core.imports, mirl_lib.runner.slurm_job, mirl_lib.study.stage, "
-            "mirl_lib.runner.papermill; "
+            "mirl_lib.runner.papermill, mirl_lib.runner.slurm; "
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=CHECKOUT, timeout=120)

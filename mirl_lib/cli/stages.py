@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                           json.loads(args.overrides) or None)
             return 0
         if args.command in ("run", "points", "list"):  # a bad params file or option: one line,
-            load_config(args.params, overrides_of(args))  # before torch is imported
+            cfg = load_config(args.params, overrides_of(args))  # before torch is imported
+            if cfg.cluster.executor == "slurm" and args.command != "list":
+                from mirl_lib.runner.slurm import SlurmStages
+
+                SlurmStages(args.results / cfg.study.name, cfg.cluster, lambda stage: [],
+                            lambda stage: None).check()  # options Slurm refuses
         from mirl_lib.runner.run import points_stage, run, run_points_only, run_stage
         from mirl_lib.study.forecast import forecast, forecast_text
         from mirl_lib.study.study import open_study

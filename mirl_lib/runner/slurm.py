@@ -38,7 +38,7 @@ from mirl_lib.files.atomic import atomic_write_text
 from mirl_lib.files.paths import JOBS_DIR, SLURM_DIR, SUBMISSIONS_FILE, TIMINGS_FILE
 from mirl_lib.runner.papermill import StageFailed, failure_reason
 from mirl_lib.runner.slurm_job import StageJob
-from mirl_lib.study.graph import Stage
+from mirl_lib.study.stage import Stage
 
 # ``<run>/jobs/timings.csv``: per finished job, when it was submitted, started and ended and when the
 # driver saw it end; ``overhead_s`` is the stage's time through Slurm beyond its command's own
