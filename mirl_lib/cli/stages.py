@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mirl_lib.core.config import load_config
 from mirl_lib.core.errors import MirlError
-from mirl_lib.files.paths import JOBS_DIR, RESULTS
+from mirl_lib.files.paths import JOBS_DIR, RESULTS, run_dir
 
 INTERRUPTED = ("interrupted: finished stages are kept and an interrupted training resumes from "
                "its last checkpoint; run the same command again to continue")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.cluster.executor == "slurm" and args.command != "list":
                 from mirl_lib.runner.slurm import SlurmStages
 
-                SlurmStages(args.results / cfg.study.name, cfg.cluster, lambda stage: [],
+                SlurmStages(run_dir(args.results, cfg.study.name), cfg.cluster, lambda stage: [],
                             lambda stage: None).check()  # options Slurm refuses
         from mirl_lib.runner.run import points_stage, run, run_points_only, run_stage
         from mirl_lib.study.forecast import forecast, forecast_text

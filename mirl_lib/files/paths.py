@@ -85,6 +85,11 @@ def snapshot_file(step: int) -> str:
     return f"weights_step{step}.pt"
 
 
+def run_dir(results_root: str | Path, study_name: str) -> Path:
+    """A study's run folder: ``<results>/<study.name>``."""
+    return Path(results_root) / study_name
+
+
 def seed_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir) / f"seed_{seed}"
 

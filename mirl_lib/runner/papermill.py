@@ -22,7 +22,7 @@ from mirl_lib.core.config import load_config  # noqa: E402
 from mirl_lib.core.errors import MirlError  # noqa: E402
 from mirl_lib.core.processes import Children, kill_tree, module_command
 from mirl_lib.files.atomic import atomic_write_text
-from mirl_lib.files.paths import NOTEBOOKS, NOTEBOOKS_DIR, importable
+from mirl_lib.files.paths import NOTEBOOKS, NOTEBOOKS_DIR, importable, run_dir
 from mirl_lib.study.stage import Stage
 
 
@@ -45,7 +45,7 @@ def run_described(params_file: Path, results_root: Path, stage: Stage,
     ``<run>/notebooks/``; this process imports neither torch nor the study (the kernel does).
     Takes no lock (the runner that asked for it holds the folder's). Raises ``StageFailed``."""
     cfg = load_config(params_file, overrides)
-    out_dir = Path(results_root) / cfg.study.name / NOTEBOOKS_DIR
+    out_dir = run_dir(results_root, cfg.study.name) / NOTEBOOKS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     children = Children()
     try:

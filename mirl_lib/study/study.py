@@ -326,6 +326,6 @@ def open_study(params_file: str | Path, results_root: str | Path,
     ``{"train": {"gpus": 2}}``, merged over it), in ``<results_root>/<study.name>``."""
     cfg = load_config(params_file, overrides)
     try:
-        return Study(cfg, Path(results_root) / cfg.study.name)
+        return Study(cfg, paths.run_dir(results_root, cfg.study.name))
     except ConfigError as exc:
         raise ConfigError(f"{params_file}: {exc}") from None
