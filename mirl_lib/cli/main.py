@@ -43,7 +43,7 @@ from mirl_lib.core.errors import MirlError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mirl_lib.net.promptir import SIZE_MULTIPLE
+    from mirl_lib.core.config import SIZE_MULTIPLE
 
     parser = argparse.ArgumentParser(prog="python -m mirl_lib",
                                      description=__doc__.splitlines()[0])
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluating = argv[:1] == ["evaluate"]
     progress: Progress | Scoring = Scoring() if evaluating else Progress()
     try:
-        args = _parser().parse_args(argv)  # imports torch: Ctrl-C may come already
+        args = _parser().parse_args(argv)
         if evaluating:
             evaluate_command(args, progress)
         elif args.command == "headline":

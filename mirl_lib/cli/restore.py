@@ -89,7 +89,7 @@ def _pending(jobs: list[tuple[Path, Path]], overwrite: bool,
 def _memory_error(path: Path, shape: tuple[int, ...], tile: int, overlap: int,
                   device: Any) -> NotEnoughMemoryError:
     """Out of memory restoring ``path``: its size, the tiling used and a tiling that needs less."""
-    from mirl_lib.net.promptir import SIZE_MULTIPLE
+    from mirl_lib.core.config import SIZE_MULTIPLE
 
     size = f"{shape[1]} x {shape[0]}"  # width x height, as photos are described
     how = "in one piece (--tile 0)" if tile == 0 else f"in {tile} x {tile} tiles (--tile {tile})"

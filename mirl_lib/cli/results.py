@@ -74,8 +74,6 @@ def report_command(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from mirl_lib.core.config import load_config
-    from mirl_lib.report.stages import analyse_run, draw_statistics
-    from mirl_lib.study.study import Study
 
     metrics_path, config_path = finished_run(args.run)
     metrics = pd.read_csv(metrics_path)
@@ -85,6 +83,10 @@ def report_command(args: argparse.Namespace) -> None:
         source = args.params if args.params is not None else config_path
         raise DataError(f"{metrics_path}: scored by config {', '.join(made) or 'none'}, not by "
                         f"{source} (hash {cfg.hash()}); analyse a run with its own params file")
+    # checked before torch and the figures are imported: a refusal takes a fraction of a second
+    from mirl_lib.report.stages import analyse_run, draw_statistics
+    from mirl_lib.study.study import Study
+
     if args.params is not None:
         Study(cfg, args.run).prepare()  # refuses another identity; records the analysis settings
     primary, summary = analyse_run(args.run, cfg, metrics)

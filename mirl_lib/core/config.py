@@ -62,6 +62,11 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+# The multiple of an image's side the network needs (three 2x downsamplings, then
+# PixelUnshuffle): inputs are padded to it (``evaluation.restore``), tiles are multiples of it.
+SIZE_MULTIPLE = 8
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Section):
     """PromptIR architecture. Every width derives from these fields.

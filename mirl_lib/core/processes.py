@@ -59,9 +59,9 @@ class Zygote:
     ``with`` block runs: it imports ``preload`` once, then every command (papermill, a Jupyter
     kernel, a point-training process, a torchrun rank) is a child forked from it instead of a fresh
     interpreter. Its socket path is in the environment (``zygote.ENV``) that children inherit.
-    Nothing waits for it: until it has imported everything, commands start fresh interpreters as
-    before. Where it cannot start (no ``os.fork``, an import failing) they always do, after one
-    warning on stderr."""
+    Until it has imported everything, commands start fresh interpreters as before
+    (``wait_to_start`` lets the first commands wait for it instead). Where it cannot start (no
+    ``os.fork``, an import failing) they always do, after one warning on stderr."""
 
     def __init__(self, preload: tuple[str, ...], env: dict[str, str] | None = None) -> None:
         self.preload, self.env = preload, env
@@ -101,6 +101,19 @@ class Zygote:
             if self.proc is None or self.proc.poll() is not None or time.time() > deadline:
                 return self.ready.is_set()
         return True
+
+    def wait_to_start(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the imports (commands started meanwhile would import
+        the same modules themselves, beside it, on the same cores), then say on stdout how long
+        the warm start took, or that commands start fresh interpreters until it is ready."""
+        if self.proc is None:
+            return
+        t0 = time.time()
+        if self.wait_ready(timeout):
+            print(f"warm start: imported in {time.time() - t0:.0f} s", flush=True)
+        elif self.proc.poll() is None:
+            print(f"warm start: not ready after {timeout:.0f} s; stages start fresh interpreters "
+                  f"until it is", flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._set and self._before is None:

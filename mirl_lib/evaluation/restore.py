@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirl_lib.core.config import SIZE_MULTIPLE
 from mirl_lib.core.device import resolve_device
 from mirl_lib.core.errors import ConfigError, DataError
-from mirl_lib.net.promptir import SIZE_MULTIPLE
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -18,9 +18,6 @@ from torch import nn
 
 from mirl_lib.core.config import ModelConfig, model_config
 
-# Multiple of the input side the network needs (three 2x downsamplings, then PixelUnshuffle).
-SIZE_MULTIPLE = 8
-
 
 class LayerNorm(nn.Module):
     """Per-pixel LayerNorm over channels of a (B, C, H, W) tensor, with or without bias."""

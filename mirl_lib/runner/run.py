@@ -47,6 +47,9 @@ from mirl_lib.study.study import Study, open_study
 POINTS_PRELOAD = ("torch", "torch._dynamo", "mirl_lib.study.study", "mirl_lib.cli.main")
 NOTEBOOK_PRELOAD = (*POINTS_PRELOAD, "mirl_lib.report.stages", "papermill", "nbformat",
                     "ipykernel.kernelapp", "IPython", "ipykernel_launcher")
+# The first stages wait this long at most for the zygote's imports: started before it is ready,
+# each would import the same modules itself, beside it, on the same cores.
+WARM_WAIT_S = 60.0
 
 
 def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
@@ -92,9 +95,10 @@ def run(params_file: Path, results_root: Path, force: tuple[str, ...] = (),
         lock = claim(study)
         children = Children()
         try:
-            with Zygote(NOTEBOOK_PRELOAD), \
+            with Zygote(NOTEBOOK_PRELOAD) as warm, \
                     tempfile.TemporaryDirectory(prefix="mirl-jupyter-") as jupyter:
                 env = kernel_env(Path(jupyter))
+                warm.wait_to_start(WARM_WAIT_S)
 
                 def local(stage: Stage, where: str) -> None:
                     execute(stage, params_file, results_root, out_dir, children, env, overrides)
@@ -209,7 +213,9 @@ def run_points_only(params_file: Path, results_root: Path, jobs: int | None = No
     try:
         study.prepare()
         local = study.cfg.cluster.executor == "local"
-        with Zygote(POINTS_PRELOAD) if local else contextlib.nullcontext():  # jobs start cold
+        with Zygote(POINTS_PRELOAD) if local else contextlib.nullcontext() as warm:
+            if warm is not None:  # (Slurm jobs start cold)
+                warm.wait_to_start(WARM_WAIT_S)
             schedule(deps, jobs, one, abort=abort)
     except BaseException:
         abort()

@@ -1,5 +1,5 @@
 """What mirl's processes leave unimported (``core.imports.lean``), and a bad params file refused by
-the stage runner before torch is imported."""
+the stage runner, and a run the report command refuses, before torch is imported."""
 from __future__ import annotations
 
 import os
@@ -49,3 +49,18 @@ def test_a_bad_params_file_is_refused_before_torch_is_imported(tmp_path: Path) -
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert done.stderr.strip() == (f"error: {bad}: train.lr: key written twice (lines 2 and 3); "
                                    "keep one")
+
+
+def test_report_refuses_a_run_before_torch_is_imported(tmp_path: Path) -> None:
+    """``report`` checks the run folder and the params file's identity first (the networks, the
+    registry and the figures are imported only for a run it will analyse)."""
+    committed = CHECKOUT / "results" / "full"
+    default = CHECKOUT / "params" / "default.yaml"
+    done = run_python("import sys\nfrom mirl_lib.cli.main import main\n"
+                      f"codes = [main(['report', {str(tmp_path)!r}]), "
+                      f"main(['report', {str(committed)!r}, '--params', {str(default)!r}])]\n"
+                      "print(*codes, 'torch' in sys.modules)")
+    assert done.stdout.split() == ["2", "2", "False"], done.stdout + done.stderr
+    first, second = done.stderr.strip().splitlines()
+    assert first.startswith(f"error: {tmp_path / 'metrics.csv'}: no such file")
+    assert second.startswith(f"error: {committed / 'metrics.csv'}: scored by config ")

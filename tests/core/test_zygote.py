@@ -4,6 +4,7 @@ runs cold when no zygote answers."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,29 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() \
-        else "X"
-    return status != "Z"
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:  # gone between the signal and the read
+        return False
+    return status != "Z"  # a zombie has ended
+
+
+def test_the_first_commands_can_wait_for_the_warm_start(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """``wait_to_start`` returns once the imports are done and says how long they took; a slow
+    import past the wait is named, and commands meanwhile start cold (the runner waits before its
+    first stage)."""
+    slow = tmp_path / "modules"
+    slow.mkdir()
+    (slow / "slow_import.py").write_text("import time\ntime.sleep(30)\n")
+    with Zygote(("json",)) as warm:
+        warm.wait_to_start(60)
+        assert warm.ready.is_set()
+    assert re.fullmatch(r"warm start: imported in \d+ s\n", capsys.readouterr().out)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow), str(CHECKOUT)])}
+    with Zygote(("slow_import",), env=env) as warm:
+        t0 = time.time()
+        warm.wait_to_start(0.5)
+        assert 0.5 <= time.time() - t0 < 10 and not warm.ready.is_set()
+    assert capsys.readouterr().out == ("warm start: not ready after 0 s; stages start fresh "
+                                       "interpreters until it is\n")

@@ -338,7 +338,7 @@ def test_cli_ctrl_c_before_any_image(tmp_path: Path, checkpoint: Path,
 def test_cli_tile_help_and_check_agree(tmp_path: Path, checkpoint: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     from mirl_lib.cli.main import _parser
-    from mirl_lib.net.promptir import SIZE_MULTIPLE
+    from mirl_lib.core.config import SIZE_MULTIPLE
 
     restore_help = _parser()._subparsers._group_actions[0].choices["restore"].format_help()
     assert f"multiple of {SIZE_MULTIPLE}" in " ".join(restore_help.split())

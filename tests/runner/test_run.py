@@ -1,6 +1,6 @@
 """The runner: the smoke study end to end through ./run_all.sh and papermill (the session's
-``smoke_run``, interrupted once and resumed), forcing a stage, the schedule's waits, bad params, and
-the notebook-free rerun script."""
+``smoke_run``, interrupted once and resumed), forcing a stage, bad params, and the notebook-free
+rerun script (which also shows the schedule's waits)."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,12 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-import yaml
 from smoke import SmokeRun, run_all
 
 from mirl_lib.core.config import load_config
 from mirl_lib.files.paths import CHECKOUT
 from mirl_lib.runner.papermill import executed_notebook
-from mirl_lib.study.graph import stage_list
+from mirl_lib.study.graph import dependencies, stage_list
 from mirl_lib.study.study import Study
 
 pytestmark = pytest.mark.slow  # runs studies through ./run_all.sh
@@ -34,6 +33,9 @@ def test_resumed_run_skips_finished_stages(smoke_run: SmokeRun) -> None:
         assert f"{stage}: done already" in log  # no training repeated
     assert "data: running" in log  # seconds-long stages without points always rerun
     assert "round_03: finished" in log and "Study finished" in log
+    # the first stage started once the warm start had imported torch, the study and papermill
+    assert re.search(r"^warm start: imported in \d+ s$", log, re.M), log
+    assert log.index("warm start: imported") < log.index("data: running")
 
 
 def test_every_artifact_exists_and_is_consistent(smoke_run: SmokeRun) -> None:
@@ -94,46 +96,22 @@ def test_bad_params_fail_with_one_clear_line(tmp_path: Path) -> None:
     assert not any(tmp_path.glob("*/config.yaml"))
 
 
-def test_controls_alone_wait_for_the_trunk_rounds_they_read(tmp_path: Path) -> None:
-    """Branches that read trunk round N start only after it, at --jobs 2 (the runner derives the
-    order from what each strategy requires). The notebook-free ``stages points`` runs the same
-    graph and schedule as ``run`` (the smoke run covers the notebooks)."""
-    spec = yaml.safe_load(SMOKE.read_text())
-    spec["prune"]["rounds"] = 2
-    spec["study"].update(name="controls", strategies=["oneshot", "reinit", "random_mask"])
-    params = tmp_path / "controls.yaml"
-    params.write_text(yaml.safe_dump(spec))
-    out = subprocess.run([sys.executable, "-m", "mirl_lib", "stages", "points", str(params),
-                          "--results", str(tmp_path), "--jobs", "2"], capture_output=True,
-                         text=True, timeout=600, cwd=REPO)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "has not been run yet" not in out.stdout + out.stderr
-    study = Study(load_config(params), tmp_path / "controls")
-    assert {s for s, _ in study.points()} == {"dense", "rewind", "oneshot", "reinit",
-                                               "random_mask"}
-    assert all(study.is_done(0, s, r) for s, r in study.points())
-    log = out.stdout.splitlines()
-    started = {m.group(1): i for i, line in enumerate(log)
-               if (m := re.search(r"^(branch_\w+_(\d\d)): training", line))}
-    assert len(started) == 3, out.stdout
-    for stage, i in started.items():  # a branch at round r starts after trunk round r finished
-        rnd = stage[-2:]
-        finished = min(j for j, line in enumerate(log) if line.startswith(f"round_{rnd}: finished"))
-        assert finished < i, (stage, out.stdout)
-
-
 def test_gpu_rerun_script_reruns_with_the_same_identity(smoke_run: SmokeRun,
                                                         tmp_path: Path) -> None:
     """scripts/gpu_rerun.sh, dry-run on the CPU: the copied params keep the config hash, every
-    point is trained without notebooks (``stages points``) and the gathered metrics reproduce the
-    notebook run (bit-exact on one machine) through ``reproduce``."""
+    point is trained without notebooks (``stages points``, two stages at a time) in the order the
+    runner derives from what each strategy requires (a branch that reads trunk round N starts only
+    after it finished), and the gathered metrics reproduce the notebook run (bit-exact on one
+    machine) through ``reproduce``."""
     run_dir = smoke_run.run_dir
     out = tmp_path / "out"
     env = {**os.environ, "MIRL_RERUN_DEVICE": "cpu", "PYTHON": sys.executable}
     done = subprocess.run([str(REPO / "scripts" / "gpu_rerun.sh"), str(SMOKE), str(out), "2"],
                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "run exit 0" in (out / "run.log").read_text()
+    log = (out / "run.log").read_text()
+    assert "run exit 0" in log and "has not been run yet" not in log
+    assert_each_stage_started_after_what_it_reads(Study(load_config(SMOKE), run_dir), log)
     rerun = pd.read_csv(out / "metrics.csv")
     assert set(rerun["config_hash"]) == set(pd.read_csv(run_dir / "metrics.csv")["config_hash"])
     points = pd.read_csv(out / "points.csv")
@@ -154,3 +132,23 @@ def test_gpu_rerun_script_reruns_with_the_same_identity(smoke_run: SmokeRun,
     refused = subprocess.run([str(REPO / "scripts" / "gpu_rerun.sh"), str(bad), str(out)],
                              capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
     assert refused.returncode == 2 and "nodevice.yaml: no 'train.device' line" in refused.stderr
+
+
+def assert_each_stage_started_after_what_it_reads(study: Study, log: str) -> None:
+    """In a ``stages points`` log, every stage's ``training`` line comes after the ``finished``
+    line of each stage it depends on (``graph.dependencies``); some stage had to wait."""
+    lines = re.split(r"[\r\n]", log)  # the trainings' progress bars share the log
+
+    def first(name: str, word: str) -> int:
+        at = [i for i, line in enumerate(lines) if f"{name}: {word} " in line]
+        assert at, f"no '{name}: {word}' line in the log:\n{log}"
+        return at[0]
+
+    stages = [stage for stage in stage_list(study) if stage.points]
+    deps = dependencies(study, stages)
+    for stage in stages:
+        started = first(stage.name, "training")
+        for dep in deps[stage.name]:
+            assert first(dep, "finished") < started, (stage.name, dep, log)
+    assert any(dep.startswith("round_") for stage in stages if stage.name.startswith("branch_")
+               for dep in deps[stage.name]), deps  # a branch that had to wait for a trunk round

@@ -1,6 +1,7 @@
 """The study on a real Slurm cluster (Debian's slurm-wlm, one node on this machine, started by
-``scripts/slurm_local.sh``) through ``--executor slurm``: the smoke study gives the local run's
-``metrics.csv``, a driver killed and started again submits no stage twice, a failing stage is
+``scripts/slurm_local.sh``) through ``--executor slurm``: the smoke study (its trunk and one
+control, so that a branch waits on a trunk round's job) gives the local run's numbers point for
+point, a driver killed and started again submits no stage twice, a failing stage is
 reported at once with nothing after it submitted, and options Slurm refuses are named before
 anything is submitted (a requeued training: ``test_slurm_requeue.py``). Skipped, with the reason,
 only where ``sinfo`` is missing (CI installs Slurm)."""
@@ -24,9 +25,9 @@ from slurm_cluster import (
     submissions,
     wait_for,
 )
-from smoke import SMOKE
 
 from mirl_lib.core.config import load_config
+from mirl_lib.core.names import DENSE, TRUNK
 from mirl_lib.files.paths import (
     CHECKOUT,
     JOBS_DIR,
@@ -40,46 +41,52 @@ pytestmark = SLURM_TESTS
 
 
 POLL = ("--poll-seconds", "1")  # a runtime option: the study is the smoke study
+CONTROL = "random_mask"  # reads trunk round 2: its job waits on that round's
 
 
 @pytest.fixture(scope="module")
 def cluster_smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The smoke study through Slurm; the driver is killed (SIGKILL, a lost login session) while
-    the first trunk round's job is in the queue and started again with the same command."""
+    """The smoke study with one control (``CONTROL``) through Slurm; the driver is killed (SIGKILL,
+    a lost login session) while the first trunk round's job is in the queue and started again
+    with the same command."""
     tmp = tmp_path_factory.mktemp("slurm_smoke")
+    params = params_file(tmp, "smoke", study={"strategies": [CONTROL]})
     results = tmp / "results"
     run_dir = results / "smoke"
     started = time.time()
-    first = driver(SMOKE, results, *POLL)
+    first = driver(params, results, *POLL)
     wait_for(lambda: job_of(run_dir, "round_01") is not None, 600, "the trunk round's job")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     killed = job_of(run_dir, "round_01")
-    names = {stage.name for stage in stage_list(Study(load_config(SMOKE), run_dir))}
+    names = {stage.name for stage in stage_list(Study(load_config(params), run_dir))}
     first_stages = {name for name in names if job_of(run_dir, name) is not None}
-    second = driver(SMOKE, results, *POLL)
+    second = driver(params, results, *POLL)
     out, err = second.communicate(timeout=900)
-    return {"run_dir": run_dir, "log": out, "err": err, "code": second.returncode,
+    return {"params": params, "run_dir": run_dir, "log": out, "err": err, "code": second.returncode,
             "killed_job": killed, "first_stages": first_stages,
             "seconds": time.time() - started}
 
 
-def test_the_smoke_study_through_slurm_is_the_local_study(cluster_smoke: dict, smoke_run) -> None:
+def test_the_smoke_study_through_slurm_gives_the_local_numbers(cluster_smoke: dict,
+                                                               smoke_run) -> None:
     assert cluster_smoke["code"] == 0, cluster_smoke["log"] + cluster_smoke["err"]
     assert "Study finished" in cluster_smoke["log"]
     ours = pd.read_csv(cluster_smoke["run_dir"] / METRICS_FILE)
-    local = pd.read_csv(smoke_run.metrics)  # as the local run finished it
-    pd.testing.assert_frame_equal(ours, local)
+    local = pd.read_csv(smoke_run.metrics)  # as the local run finished it, every strategy
+    assert set(ours["strategy"]) == {DENSE, TRUNK, CONTROL}
+    local = local[local["strategy"].isin(set(ours["strategy"]))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, local)  # the same points, rows and numbers
 
 
 def test_a_driver_started_again_submits_no_stage_twice(cluster_smoke: dict) -> None:
-    run_dir = cluster_smoke["run_dir"]
-    stages = stage_list(Study(load_config(SMOKE), run_dir))
+    run_dir, params = cluster_smoke["run_dir"], cluster_smoke["params"]
+    stages = stage_list(Study(load_config(params), run_dir))
     names = [stage.name for stage in stages]
     assert sorted(submissions(run_dir)) == sorted(names)  # every stage exactly once
     assert (f"reattached to Slurm job {cluster_smoke['killed_job']}" in cluster_smoke["log"]
             or "round_01: done already" in cluster_smoke["log"]), cluster_smoke["log"]
-    listed = subprocess.run([sys.executable, "-m", "mirl_lib", "stages", "list", str(SMOKE),
+    listed = subprocess.run([sys.executable, "-m", "mirl_lib", "stages", "list", str(params),
                              "--results", str(run_dir.parent)], capture_output=True, text=True,
                             cwd=CHECKOUT)
     rows = [line.split("\t") for line in listed.stdout.strip().splitlines()]
@@ -94,12 +101,13 @@ def test_each_finished_job_records_its_times_and_overhead(cluster_smoke: dict) -
     have finished unseen), its command's own time and the overhead Slurm and the polling added."""
     run_dir = cluster_smoke["run_dir"]
     timings = pd.read_csv(run_dir / JOBS_DIR / TIMINGS_FILE)
-    names = [stage.name for stage in stage_list(Study(load_config(SMOKE), run_dir))]
+    names = [stage.name for stage in stage_list(Study(load_config(cluster_smoke["params"]),
+                                                      run_dir))]
     assert timings["stage"].is_unique and set(timings["stage"]) <= set(names)
     assert set(names) - set(timings["stage"]) <= cluster_smoke["first_stages"]
     assert (timings["command_s"] > 0).all() and (timings["overhead_s"] >= 0).all()
     assert (timings["started"] >= timings["submitted"] - 1).all()  # one clock, this machine
-    poll = load_config(SMOKE).cluster.poll_seconds
+    poll = float(POLL[1])
     assert timings["overhead_s"].median() < 60 + poll, timings  # an idle one-node cluster
 
 

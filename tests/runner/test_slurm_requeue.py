@@ -34,7 +34,8 @@ def requeued(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ``test_slurm.py``'s); the dense job is requeued (``scontrol requeue``, as a preemption does)
     once it has saved a checkpoint."""
     tmp = tmp_path_factory.mktemp("slurm_requeue")
-    params = params_file(tmp, "requeue", train={"steps": 200, "checkpoint_every": 25},
+    steps = 100  # a checkpoint every 10: requeued after the first, some 90 steps before the end
+    params = params_file(tmp, "requeue", train={"steps": steps, "checkpoint_every": 10},
                          prune={"rounds": 1}, study={"strategies": []})
     results = tmp / "results"
     run_dir = results / "requeue"
@@ -62,7 +63,7 @@ def requeued(tmp_path_factory: pytest.TempPathFactory) -> dict:
     reference.prepare()
     reference.run_point(0, DENSE, 0)
     return {"run_dir": run_dir, "code": proc.returncode, "log": out, "err": err, "job": job,
-            "requeued_at": requeued_at, "steps": 200,
+            "requeued_at": requeued_at, "steps": steps,
             "reference": reference.point_dir(0, DENSE, 0)}
 
 

@@ -41,7 +41,7 @@ def fake_stage_runner(study: Study, stages: list, log: list[str]):
             if name == "evaluate":
                 assert done == set(study.points()), "evaluate started before every point"
             log.append(name)
-        time.sleep(rng.uniform(0, 0.003))
+        time.sleep(rng.uniform(0, 0.001))  # stages finish in a random order
         with lock:
             done.update(stage.points)
     return run_stage
@@ -74,17 +74,27 @@ def test_default_study_dependencies_are_what_each_strategy_reads() -> None:
     assert deps["figures"] == {"evaluate"} and "branch_reinit_12" in deps["evaluate"]
 
 
+@pytest.fixture(scope="module")
+def subset_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], Study]:
+    """The smoke study with every subset of the optional strategies (built once for the module:
+    the schedule is run on each at several ``jobs``)."""
+    root = tmp_path_factory.mktemp("subsets")
+    return {subset: smoke(root, study={"strategies": list(subset)})
+            for size in range(len(BRANCHES) + 1)
+            for subset in itertools.combinations(BRANCHES, size)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2, 3, 8])
-def test_every_branch_subset_schedules_correctly(tmp_path: Path, jobs: int) -> None:
-    for size in range(len(BRANCHES) + 1):
-        for subset in itertools.combinations(BRANCHES, size):
-            study = smoke(tmp_path, study={"strategies": list(subset)})
-            stages = stage_list(study)
-            log: list[str] = []
-            schedule(dependencies(study, stages), jobs, fake_stage_runner(study, stages, log))
-            assert sorted(log) == sorted(s.name for s in stages), subset
-            assert log[-1] == "figures"
+def test_every_branch_subset_schedules_correctly(subset_studies: dict[tuple[str, ...], Study],
+                                                 jobs: int) -> None:
+    assert len(subset_studies) == 2 ** len(BRANCHES)
+    for subset, study in subset_studies.items():
+        stages = stage_list(study)
+        log: list[str] = []
+        schedule(dependencies(study, stages), jobs, fake_stage_runner(study, stages, log))
+        assert sorted(log) == sorted(s.name for s in stages), subset
+        assert log[-1] == "figures"
 
 
 def test_schedule_stops_starting_stages_after_a_failure() -> None:
