@@ -59,6 +59,12 @@ from mirl_lib.study.strategies import REGISTRY, PointContext, Schedule
 from mirl_lib.training.launch import launch_distributed
 from mirl_lib.training.loop import TrainResult, train
 
+# Where a point's time goes, recorded in its point.json as ``phase_seconds`` (this attempt's wall
+# clock, in the point's process): the mask and starting weights, the training loop less its
+# checkpoint writes, those writes, scoring the test photos, scoring the held-out photos, the
+# layer-collapse analysis, writing the ticket.
+PHASES = ("start", "train", "checkpoints", "evaluate", "heldout", "collapse", "ticket")
+
 
 class Study:
     """One run folder: its config, its points, and the records they leave."""
@@ -177,25 +183,39 @@ class Study:
         self.prepare()
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
+        phases = dict.fromkeys(PHASES, 0.0)
         with _threads(self.cfg.train.threads):  # evaluation too, not only training
             if self.cfg.train.gpus > 1 and not (folder / FINAL_FILE).exists():
+                t0 = time.perf_counter()
                 self.start(seed, strategy, rnd)  # mask.pt (and init.pt) before the ranks read them
+                phases["start"] = time.perf_counter() - t0
                 launch_distributed("mirl_lib.study.rank", self.cfg.train.gpus,
                                    str(self.run_dir), str(seed), strategy, str(rnd))
+                phases["train"] = time.perf_counter() - t0 - phases["start"]
             # after a distributed run, train() finds final.pt and only loads it
-            model, mask, result, extra = self.train_point(seed, strategy, rnd)
-            return self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra)
+            model, mask, result, extra = self.train_point(seed, strategy, rnd, phases)
+            return self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra,
+                                phases)
 
-    def train_point(self, seed: int, strategy: str, rnd: int
+    def train_point(self, seed: int, strategy: str, rnd: int,
+                    phases: dict[str, float] | None = None
                     ) -> tuple[PromptIR, masks.Mask, TrainResult, dict]:
         """Train one point in this process (or in this rank, under torchrun); returns the trained
-        model, its mask, the training result and what to record."""
+        model, its mask, the training result and what to record. ``phases`` (``PHASES``) gets the
+        seconds of the start (mask, starting weights), the training and its checkpoint writes
+        added to it."""
+        t0 = time.perf_counter()
         model, mask, start_step, extra = self.start(seed, strategy, rnd)
+        t1 = time.perf_counter()
         result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed),
                        self.point_dir(seed, strategy, rnd), seed=seed, mask=mask,
                        start_step=start_step,
                        snapshot_steps=REGISTRY[strategy].snapshot_steps(self.cfg),
                        progress_desc=f"seed {seed} {strategy} r{rnd}")
+        if phases is not None:
+            phases["start"] += t1 - t0
+            phases["train"] += time.perf_counter() - t1 - result.checkpoint_seconds
+            phases["checkpoints"] += result.checkpoint_seconds
         return model, mask, result, extra
 
     def start(self, seed: int, strategy: str, rnd: int
@@ -218,7 +238,8 @@ class Study:
         return model, mask, begin.step, dict(begin.record)
 
     def _finish(self, seed: int, strategy: str, rnd: int, folder: Path, model: torch.nn.Module,
-                mask: masks.Mask, result, started: float, extra: dict) -> dict:
+                mask: masks.Mask, result, started: float, extra: dict,
+                phases: dict[str, float]) -> dict:
         cfg = self.cfg
         state = checkpoints.cpu_state_dict(model)  # train() leaves the final weights in model
         frac = masks.sparsity(mask, model)
@@ -228,7 +249,9 @@ class Study:
         frac["remaining_all"] = (frac["total"] - frac["prunable"] + frac["kept"]) / dense_total
         device = resolve_device(cfg.train.device)
         written = {}
-        for name, items in ((METRICS_FILE, self.test_items()), (HELDOUT_FILE, self.heldout_items())):
+        for name, items, phase in ((METRICS_FILE, self.test_items(), "evaluate"),
+                                   (HELDOUT_FILE, self.heldout_items(), "heldout")):
+            t0 = time.perf_counter()
             scores = evaluate(model, items, device=str(device))
             scores.insert(0, "seed", seed)
             scores.insert(1, "strategy", strategy)
@@ -238,17 +261,23 @@ class Study:
             scores["config_hash"] = cfg.hash()
             atomic_write_text(scores.to_csv(index=False), folder / name)
             written[name] = scores
+            phases[phase] = time.perf_counter() - t0
         scores = written[METRICS_FILE]
+        t0 = time.perf_counter()
         collapsed = collapse(model.cpu(), mask)
+        phases["collapse"] = time.perf_counter() - t0
         meta = {"model_config": asdict(model.config), "strategy": strategy, "round": rnd,
                 "seed": seed, "config_hash": cfg.hash(), **frac,
                 "empty_tensors": collapsed["empty_tensors"],
                 "prunable_tensors": collapsed["prunable_tensors"],
                 "path_cut": bool(collapsed["path_cut"])}
+        t0 = time.perf_counter()
         tickets.export_ticket(state, mask, folder / TICKET_FILE, meta)
+        phases["ticket"] = time.perf_counter() - t0
         record = {**meta, **extra, "mean_psnr": float(scores["psnr"].mean()),
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
                   "train_seconds": float(result.seconds), "seconds": time.time() - started,
+                  "phase_seconds": {k: round(v, 4) for k, v in phases.items()},
                   "ticket": str((folder / TICKET_FILE).relative_to(self.run_dir)),
                   **arithmetic(device, cfg.train.threads or torch.get_num_threads())}
         record.pop("model_config")

@@ -53,11 +53,15 @@ from mirl_lib.training.losses import restoration_loss
 
 @dataclass
 class TrainResult:
-    """``history``: columns step, loss (mean over the logged interval), lr; one row per log."""
+    """``history``: columns step, loss (mean over the logged interval), lr; one row per log.
+    ``seconds``: the training loop's time over every attempt (a resumed run adds to it).
+    ``checkpoint_seconds``: what this call spent writing checkpoints, snapshots, the history and
+    the final weights (0 when it only loaded a finished training)."""
 
     history: pd.DataFrame
     final_step: int
     seconds: float
+    checkpoint_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -270,18 +274,25 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
                            workers=getattr(source, "workers", 0), pin_memory=cuda)
     running = torch.tensor(loss_sum, device=device)
     started = time.perf_counter()
+    writing = 0.0  # this call's seconds spent writing checkpoints
 
     def save_state() -> None:
+        nonlocal writing
+        t0 = time.perf_counter()
         atomic_torch_save({"identity": identity, "model": cpu_state_dict(model),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "rng": _rng_state(), "step": done, "history": history,
                            "seconds": seconds + time.perf_counter() - started,
                            "loss_sum": running.item(), "loss_count": loss_count}, state_path)
+        writing += time.perf_counter() - t0
 
     def snapshot() -> None:
+        nonlocal writing
         path = out_dir / snapshot_file(done)
         if done in snapshot_steps and not path.is_file():
+            t0 = time.perf_counter()
             save_weights(model, path, {"step": done, "seed": seed})
+            writing += time.perf_counter() - t0
 
     bar = tqdm(total=cfg.steps, initial=done, desc=progress_desc, disable=not writer,
                dynamic_ncols=True)
@@ -327,13 +338,15 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
     seconds += time.perf_counter() - started
     frame = _history_frame(history)
     if writer and done == cfg.steps:
+        t0 = time.perf_counter()
         atomic_write_text(frame.to_csv(index=False), out_dir / HISTORY_FILE)
         save_weights(model, out_dir / FINAL_FILE,
                      {"final_step": done, "seconds": seconds, "seed": seed,
                       "world_size": ctx.world_size, "start_step": start_step,
                       "train_config": dataclasses.asdict(cfg),
                       "epoch_size": getattr(source, "epoch_size", None)})
+        writing += time.perf_counter() - t0
     if ctx.world_size > 1:
         dist.barrier()
     set_memory_format(model, torch.contiguous_format)
-    return TrainResult(frame, done, seconds)
+    return TrainResult(frame, done, seconds, writing)

@@ -245,3 +245,18 @@ def test_moved_aside_points_are_left_out_of_the_gathered_tables(study: Study) ->
     finally:
         shutil.rmtree(aside)
         study.collect()
+
+
+def test_every_point_records_where_its_time_went(study: Study) -> None:
+    """``phase_seconds``: every phase of ``PHASES``, none negative, together within the point's
+    own ``seconds``; a training that ran and scoring that ran take time."""
+    from mirl_lib.study.study import PHASES
+
+    for record in study.records().to_dict("records"):
+        phases = record["phase_seconds"]
+        assert tuple(phases) == PHASES, phases
+        assert all(v >= 0 for v in phases.values()), phases
+        assert sum(phases.values()) <= record["seconds"] + 1e-3, (phases, record["seconds"])
+        assert sum(phases.values()) > 0.5 * record["seconds"], (phases, record["seconds"])
+        assert min(phases["train"], phases["evaluate"], phases["heldout"]) > 0, phases
+        assert phases["checkpoints"] > 0, phases  # state.pt and final.pt at least

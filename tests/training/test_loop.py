@@ -77,6 +77,8 @@ def test_outputs_and_stage_skipping(tmp_path: Path, reference) -> None:
     assert source.calls == []
     assert_same(again, model)
     assert skipped.history.equals(result.history) and skipped.final_step == CFG.steps
+    # the writes are timed: five files this time, none when a finished training is only loaded
+    assert 0 < result.checkpoint_seconds < result.seconds + 10 and skipped.checkpoint_seconds == 0
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path: Path, reference) -> None:
