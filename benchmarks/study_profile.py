@@ -33,7 +33,6 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchrows import merge_rows  # noqa: E402
 
-from mirl_lib.core.config import load_config  # noqa: E402
-from mirl_lib.core.device import device_name  # noqa: E402
+from mirl_lib.core.config import Config, load_config  # noqa: E402
+from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.files.paths import BENCHMARK_RESULTS, NOTEBOOKS_DIR, POINT_FILE  # noqa: E402
@@ -106,9 +105,9 @@ def profile_rows(study: Study, log: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cut_params(params: Path, rounds: int, strategy: str, folder: Path) -> Path:
+def cut_params(params: Path, rounds: int, strategy: str, folder: Path) -> tuple[Path, Config]:
     """``params`` with one seed, ``rounds`` trunk rounds and ``strategy`` branching at the last of
-    them, written into ``folder``."""
+    them, written into ``folder``; the file and its config."""
     cfg = load_config(params)
     spec = yaml.safe_load(params.read_text())
     remaining = (1 - cfg.prune.rate) ** rounds
@@ -118,8 +117,7 @@ def cut_params(params: Path, rounds: int, strategy: str, folder: Path) -> Path:
                                         name=f"{cfg.study.name}_profile")
     path = folder / params.name
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    load_config(path)  # a strategy or round count the params cannot take fails here
-    return path
+    return path, load_config(path)  # a strategy or round count the params cannot take fails here
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         merge_rows(pd.DataFrame(columns=COLUMNS), args.out, KEY, COLUMNS, "study profile")
         with tempfile.TemporaryDirectory(prefix="mirl-profile-") as tmp:
-            params = cut_params(args.params, args.rounds, args.strategy, Path(tmp))
-            cfg = load_config(params)
+            params, cfg = cut_params(args.params, args.rounds, args.strategy, Path(tmp))
             study = Study(cfg, Path(tmp) / "results" / cfg.study.name)
             started = time.time()
             done = subprocess.run([str(ROOT / "run_all.sh"), str(params), "--results",
@@ -153,16 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = pd.concat([rows, pd.DataFrame([total])], ignore_index=True)
     rows["points"] = rows["points"].astype(int)
     rows["date"] = datetime.date.today().isoformat()
-    rows["device"] = device_name(torch.device(cfg.train.device
-                                              if cfg.train.device != "auto" else "cpu"))
+    rows["device"] = device_name(resolve_device(cfg.train.device))
     rows["threads"] = cfg.train.threads
     rows["params"] = str(args.params.resolve().relative_to(ROOT)
                          if args.params.resolve().is_relative_to(ROOT) else args.params)
     rows["rounds"], rows["strategy"], rows["config_hash"] = args.rounds, args.strategy, cfg.hash()
     rows = rows.reindex(columns=COLUMNS)
-    numeric = ["runner_s", "notebook_s", "kernel_s", "open_study_s", "points_s", *PHASE_COLUMNS,
-               "other_s"]
-    rows[numeric] = rows[numeric].astype(float).round(2)
+    seconds = COLUMNS[COLUMNS.index("runner_s"):]
+    rows[seconds] = rows[seconds].astype(float).round(2)
     out = merge_rows(rows, args.out, KEY, COLUMNS, "study profile")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.to_csv(index=False), args.out)

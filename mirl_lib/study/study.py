@@ -186,12 +186,11 @@ class Study:
         phases = dict.fromkeys(PHASES, 0.0)
         with _threads(self.cfg.train.threads):  # evaluation too, not only training
             if self.cfg.train.gpus > 1 and not (folder / FINAL_FILE).exists():
-                t0 = time.perf_counter()
-                self.start(seed, strategy, rnd)  # mask.pt (and init.pt) before the ranks read them
-                phases["start"] = time.perf_counter() - t0
-                launch_distributed("mirl_lib.study.rank", self.cfg.train.gpus,
-                                   str(self.run_dir), str(seed), strategy, str(rnd))
-                phases["train"] = time.perf_counter() - t0 - phases["start"]
+                with _timed(phases, "start"):  # mask.pt (and init.pt) before the ranks read them
+                    self.start(seed, strategy, rnd)
+                with _timed(phases, "train"):
+                    launch_distributed("mirl_lib.study.rank", self.cfg.train.gpus,
+                                       str(self.run_dir), str(seed), strategy, str(rnd))
             # after a distributed run, train() finds final.pt and only loads it
             model, mask, result, extra = self.train_point(seed, strategy, rnd, phases)
             return self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra,
@@ -204,18 +203,17 @@ class Study:
         model, its mask, the training result and what to record. ``phases`` (``PHASES``) gets the
         seconds of the start (mask, starting weights), the training and its checkpoint writes
         added to it."""
-        t0 = time.perf_counter()
-        model, mask, start_step, extra = self.start(seed, strategy, rnd)
-        t1 = time.perf_counter()
-        result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed),
-                       self.point_dir(seed, strategy, rnd), seed=seed, mask=mask,
-                       start_step=start_step,
-                       snapshot_steps=REGISTRY[strategy].snapshot_steps(self.cfg),
-                       progress_desc=f"seed {seed} {strategy} r{rnd}")
-        if phases is not None:
-            phases["start"] += t1 - t0
-            phases["train"] += time.perf_counter() - t1 - result.checkpoint_seconds
-            phases["checkpoints"] += result.checkpoint_seconds
+        phases = {} if phases is None else phases
+        with _timed(phases, "start"):
+            model, mask, start_step, extra = self.start(seed, strategy, rnd)
+        with _timed(phases, "train"):
+            result = train(model, self.cfg.train, build_train_source(self.cfg.data, seed),
+                           self.point_dir(seed, strategy, rnd), seed=seed, mask=mask,
+                           start_step=start_step,
+                           snapshot_steps=REGISTRY[strategy].snapshot_steps(self.cfg),
+                           progress_desc=f"seed {seed} {strategy} r{rnd}")
+        phases["train"] -= result.checkpoint_seconds  # the writes are a phase of their own
+        phases["checkpoints"] = phases.get("checkpoints", 0.0) + result.checkpoint_seconds
         return model, mask, result, extra
 
     def start(self, seed: int, strategy: str, rnd: int
@@ -251,29 +249,26 @@ class Study:
         written = {}
         for name, items, phase in ((METRICS_FILE, self.test_items(), "evaluate"),
                                    (HELDOUT_FILE, self.heldout_items(), "heldout")):
-            t0 = time.perf_counter()
-            scores = evaluate(model, items, device=str(device))
-            scores.insert(0, "seed", seed)
-            scores.insert(1, "strategy", strategy)
-            scores.insert(2, "round", rnd)
-            scores.insert(3, "remaining_all", frac["remaining_all"])
-            scores.insert(4, "remaining_prunable", frac["remaining_prunable"])
-            scores["config_hash"] = cfg.hash()
-            atomic_write_text(scores.to_csv(index=False), folder / name)
+            with _timed(phases, phase):
+                scores = evaluate(model, items, device=str(device))
+                scores.insert(0, "seed", seed)
+                scores.insert(1, "strategy", strategy)
+                scores.insert(2, "round", rnd)
+                scores.insert(3, "remaining_all", frac["remaining_all"])
+                scores.insert(4, "remaining_prunable", frac["remaining_prunable"])
+                scores["config_hash"] = cfg.hash()
+                atomic_write_text(scores.to_csv(index=False), folder / name)
             written[name] = scores
-            phases[phase] = time.perf_counter() - t0
         scores = written[METRICS_FILE]
-        t0 = time.perf_counter()
-        collapsed = collapse(model.cpu(), mask)
-        phases["collapse"] = time.perf_counter() - t0
+        with _timed(phases, "collapse"):
+            collapsed = collapse(model.cpu(), mask)
         meta = {"model_config": asdict(model.config), "strategy": strategy, "round": rnd,
                 "seed": seed, "config_hash": cfg.hash(), **frac,
                 "empty_tensors": collapsed["empty_tensors"],
                 "prunable_tensors": collapsed["prunable_tensors"],
                 "path_cut": bool(collapsed["path_cut"])}
-        t0 = time.perf_counter()
-        tickets.export_ticket(state, mask, folder / TICKET_FILE, meta)
-        phases["ticket"] = time.perf_counter() - t0
+        with _timed(phases, "ticket"):
+            tickets.export_ticket(state, mask, folder / TICKET_FILE, meta)
         record = {**meta, **extra, "mean_psnr": float(scores["psnr"].mean()),
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
                   "train_seconds": float(result.seconds), "seconds": time.time() - started,
@@ -335,6 +330,16 @@ class Study:
         columns = [c for c in CATALOG_COLUMNS if c in records.columns]
         atomic_write_text(records[columns].to_csv(index=False), self.run_dir / CATALOG_FILE)
         return metrics
+
+
+@contextmanager
+def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the block's wall-clock seconds to ``phases[phase]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t0
 
 
 @contextmanager
