@@ -303,12 +303,18 @@ class TrainConfig(_Section):
 class PruneConfig(_Section):
     """Iterative magnitude pruning (the trunk) and how it is applied."""
 
+    LATER: ClassVar[tuple[str, ...]] = ("channel_importance", "channel_method")
+
     rate: float = 0.2
     rounds: int = 15
     scope: str = "default"
     method: str = "global"
     output_rate_factor: float = 0.5
     late_rewind_step: int = 0
+    # structured tickets (pruning.channels): a unit's norm, and one ranking over all groups
+    # (global) or the same share of every group (layerwise)
+    channel_importance: str = "l2"
+    channel_method: str = "global"
 
     def __post_init__(self) -> None:
         _require(0.0 < self.rate < 1.0, "prune.rate", "must be in (0, 1)")
@@ -318,6 +324,10 @@ class PruneConfig(_Section):
         _require(self.method in ("global", "layerwise"), "prune.method",
                  "must be 'global' or 'layerwise'")
         _require(self.late_rewind_step >= 0, "prune.late_rewind_step", "must be >= 0")
+        _require(self.channel_importance in ("l1", "l2"), "prune.channel_importance",
+                 "must be 'l1' or 'l2'")
+        _require(self.channel_method in ("global", "layerwise"), "prune.channel_method",
+                 "must be 'global' or 'layerwise'")
 
 
 @dataclass(frozen=True)

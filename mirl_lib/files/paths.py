@@ -78,6 +78,7 @@ STATE_FILE = "state.pt"        # everything a training needs to resume
 FINAL_FILE = "final.pt"        # the trained weights (a mirl weights file), written last
 HISTORY_FILE = "history.csv"
 TICKET_FILE = "ticket.mirl"
+CHANNELS_FILE = "channels.pt"  # a structured ticket's removed channel units (pruning.channels)
 
 
 def snapshot_file(step: int) -> str:

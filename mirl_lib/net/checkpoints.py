@@ -8,6 +8,10 @@
 - a mirl weights file written by ``save_weights`` (it records its ``ModelConfig``),
 - a sparse ticket ``*.mirl`` (via ``mirl_lib.files.tickets.load_ticket``).
 
+A weights file or ticket whose meta says ``structured: true`` holds a narrower network of its
+``ModelConfig`` (``mirl_lib.net.structured``): it is built at its tensors' own widths and checked
+by ``structured.misfit`` instead of against the config's shapes.
+
 Every failure is a ``CheckpointError`` whose message names the file.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mirl_lib.core.config import PRESETS, ModelConfig, model_config
 from mirl_lib.core.errors import CheckpointError, ConfigError
 from mirl_lib.files.tensors import atomic_torch_save, cpu_state_dict, load_tensors
 from mirl_lib.files.tickets import TICKET_SUFFIX, load_ticket
+from mirl_lib.net import structured
 from mirl_lib.net.promptir import PromptIR, build_model
 
 WEIGHTS_FORMAT = "mirl-weights"
@@ -36,8 +41,11 @@ def save_weights(model: PromptIR, path: str | Path, meta: dict[str, Any] | None 
     ``weights_only=True``.
     """
     net = getattr(model, "module", model)
+    meta = dict(meta or {})
+    if structured.is_structured(net):
+        meta[structured.STRUCTURED] = True
     atomic_torch_save({"format": WEIGHTS_FORMAT, "model_config": dataclasses.asdict(net.config),
-                       "state_dict": cpu_state_dict(net), "meta": dict(meta or {})}, path)
+                       "state_dict": cpu_state_dict(net), "meta": meta}, path)
 
 
 def _read(path: Path, expected: ModelConfig | None
@@ -110,7 +118,13 @@ def _misfit(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str | None:
     return "; ".join(problems) or None
 
 
-def _check_fit(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+def _check_fit(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
+               meta: dict[str, Any] | None = None) -> None:
+    if (meta or {}).get(structured.STRUCTURED):
+        problem = structured.misfit(cfg, state)
+        if problem is not None:
+            raise CheckpointError(f"{path}: not a structured {cfg.preset!r} network: {problem}")
+        return
     problem = _misfit(cfg, state)
     if problem is None:
         return
@@ -139,7 +153,12 @@ def load_into(model: PromptIR, path: str | Path) -> dict[str, Any]:
     net = getattr(model, "module", model)
     cfg, state, meta = _read(path, net.config)
     _check_expected(path, cfg, net.config)
-    _check_fit(path, net.config, state)
+    _check_fit(path, net.config, state, meta)
+    have = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    wrong = [k for k in have if k in state and tuple(state[k].shape) != have[k]]
+    if wrong:  # a structured file into a network of other widths
+        raise CheckpointError(f"{path}: {wrong[0]} is {tuple(state[wrong[0]].shape)}, the network "
+                              f"it is loaded into has {have[wrong[0]]}")
     net.load_state_dict(state, strict=True)
     return {**meta, "model_config": net.config}
 
@@ -154,7 +173,10 @@ def load_model(path: str | Path, expected: ModelConfig | None = None,
     path = Path(path)
     cfg, state, meta = _read(path, expected)
     _check_expected(path, cfg, expected)
-    _check_fit(path, cfg, state)
-    model = build_model(cfg)
-    model.load_state_dict(state, strict=True)
+    _check_fit(path, cfg, state, meta)
+    if meta.get(structured.STRUCTURED):
+        model = structured.build(cfg, state)
+    else:
+        model = build_model(cfg)
+        model.load_state_dict(state, strict=True)
     return model.to(device).eval(), {**meta, "model_config": cfg}

@@ -24,13 +24,13 @@ class LayerNorm(nn.Module):
 
     def __init__(self, channels: int, with_bias: bool) -> None:
         super().__init__()
-        self.body = _NormBody(channels, with_bias)
+        self.body = NormBody(channels, with_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
 
-class _NormBody(nn.Module):
+class NormBody(nn.Module):
     def __init__(self, channels: int, with_bias: bool) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
@@ -57,8 +57,11 @@ class Attention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        # q, k and v are as wide as the features in PromptIR; a structured ticket
+        # (``net.structured``) may have removed whole heads, so the width is read from q
+        c = q.shape[1]
         q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)

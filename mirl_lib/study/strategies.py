@@ -14,7 +14,8 @@ its class and nowhere else:
 - ``start(ctx, rnd)``: its starting weights, the schedule step it starts at and what it records;
 - ``reads_dense_steps`` / ``snapshot_steps``: intermediate weights it reads / keeps;
 - ``model_config(cfg, rnd)``: the architecture it trains (the study's, except for the small-dense
-  control, a narrowed PromptIR of the ticket's parameter count);
+  control, a narrowed PromptIR of the ticket's parameter count); ``network(cfg, rnd, state)``
+  builds it around its starting weights (the structured ticket: a physically narrower PromptIR);
 - ``stage(rnd)``: the notebook stage that trains it.
 
 Two kinds of ablation. *Chains* (``late_rewind_chain``, ``finetune_chain``) run their own iterative
@@ -40,10 +41,11 @@ import torch
 
 from mirl_lib.core.errors import ConfigError
 from mirl_lib.core.names import DENSE, TRUNK
-from mirl_lib.files.paths import FINAL_FILE, INIT_FILE, MASK_FILE, snapshot_file
+from mirl_lib.files.paths import CHANNELS_FILE, FINAL_FILE, INIT_FILE, MASK_FILE, snapshot_file
+from mirl_lib.net import structured
 from mirl_lib.net.checkpoints import save_weights
 from mirl_lib.net.sizing import narrowed, skeleton
-from mirl_lib.pruning import masks, rules
+from mirl_lib.pruning import channels, masks, rules
 from mirl_lib.pruning.plan import plan_table
 
 if TYPE_CHECKING:
@@ -184,6 +186,15 @@ class Strategy:
     def model_config(self, cfg: Config, rnd: int) -> ModelConfig:
         """The architecture this strategy trains at round ``rnd`` (default: the study's)."""
         return cfg.model
+
+    def network(self, cfg: Config, rnd: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """The network of round ``rnd`` holding ``state`` (its starting weights): PromptIR of
+        ``model_config`` (a structured strategy: a narrower one, at the widths of ``state``)."""
+        from mirl_lib.net.promptir import build_model
+
+        model = build_model(self.model_config(cfg, rnd))
+        model.load_state_dict(state)
+        return model
 
     def snapshot_steps(self, cfg: Config) -> tuple[int, ...]:
         """Steps of this strategy's own training whose weights are kept as ``weights_step<k>.pt``."""
@@ -463,3 +474,58 @@ class SmallDense(Strategy):
         init_seed = ctx.seed + SMALL_DENSE_SEED_OFFSET
         net = build_model(self.model_config(ctx.cfg, rnd), seed=init_seed)
         return Start(net.state_dict(), 0, {"init_seed": init_seed})
+
+
+@register
+class ChannelRewind(Strategy):
+    name, label, order, role, placement = ("channel_rewind", "structured ticket (channels)", 10,
+                                           "ablation", "chain")
+    description = ("MIR-L with whole channels: each round removes the least important coupled "
+                   "channel groups (pruning.channels; prune.channel_importance, "
+                   "prune.channel_method) of the previous round's trained network until it has the "
+                   "trunk's parameter count of this round, rewinds the survivors to their "
+                   "initialization and retrains a physically narrower PromptIR")
+
+    def requires(self, rnd: int) -> tuple[Point, ...]:
+        return tuple(dict.fromkeys((DENSE_POINT, previous(self.name, rnd))))
+
+    @staticmethod
+    def target(cfg: Config, rnd: int) -> int:
+        """The trunk's total parameter count at round ``rnd`` (exact, ``plan_table``)."""
+        plan = plan_table(cfg.model, cfg.prune).set_index("round")
+        return int(plan.at[rnd, "total"] - plan.at[rnd, "prunable"] + plan.at[rnd, "kept"])
+
+    def selection(self, ctx: PointContext, rnd: int) -> channels.Selection:
+        """The channel units removed at round ``rnd`` (made once, saved as ``channels.pt``)."""
+        table = channels.groups(ctx.study.skeleton())
+        path = ctx.folder / CHANNELS_FILE
+        if path.exists():
+            return channels.load_selection(path, table)
+        before = previous(self.name, rnd)
+        shapes = {k: tuple(v.shape) for k, v in ctx.study.skeleton().state_dict().items()}
+        if before == DENSE_POINT:
+            kept = channels.empty_selection(table)
+            trained = ctx.trained(DENSE_POINT)
+        else:
+            kept = channels.load_selection(
+                ctx.study.point_dir(ctx.seed, *before) / CHANNELS_FILE, table)
+            trained = channels.expand_state(ctx.trained(before), table, kept, shapes)
+        scores = channels.importance(trained, table, kept, ctx.cfg.prune.channel_importance)
+        chosen = channels.select(scores, table, kept, shapes, self.target(ctx.cfg, rnd),
+                                 ctx.cfg.prune.channel_method)
+        channels.save_selection(chosen, path)
+        return chosen
+
+    def network(self, cfg: Config, rnd: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        return structured.build(cfg.model, state)
+
+    def mask(self, ctx: PointContext, rnd: int) -> masks.Mask:
+        start = self.start(ctx, rnd)  # nothing is masked: every weight of the narrower network
+        return masks.full_mask(structured.build(ctx.cfg.model, start.state), ctx.cfg.prune.scope)
+
+    def start(self, ctx: PointContext, rnd: int) -> Start:
+        table = channels.groups(ctx.study.skeleton())
+        removed = self.selection(ctx, rnd)
+        return Start(channels.prune_state(ctx.initial(), table, removed), 0,
+                     {"init_seed": ctx.seed,
+                      "channels_removed": int(sum(int(m.sum()) for m in removed.values()))})

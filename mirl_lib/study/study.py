@@ -48,7 +48,7 @@ from mirl_lib.files.paths import (
     POINT_FILE,
     TICKET_FILE,
 )
-from mirl_lib.net import checkpoints
+from mirl_lib.net import checkpoints, structured
 from mirl_lib.net.promptir import PromptIR, build_model
 from mirl_lib.net.sizing import skeleton
 from mirl_lib.pruning import masks
@@ -224,15 +224,13 @@ class Study:
         declared = REGISTRY[strategy]
         ctx = PointContext(self, seed, declared, rnd, folder)
         mask_path = folder / MASK_FILE
-        arch = declared.model_config(self.cfg, rnd)
+        begin = declared.start(ctx, rnd)
+        model = declared.network(self.cfg, rnd, begin.state)
         if mask_path.exists():
             mask = masks.load_mask(mask_path)
         else:
             mask = declared.mask(ctx, rnd)
-            masks.save_mask(mask, mask_path, skeleton(arch))
-        begin = declared.start(ctx, rnd)
-        model = build_model(arch)
-        model.load_state_dict(begin.state)
+            masks.save_mask(mask, mask_path, model)
         return model, mask, begin.step, dict(begin.record)
 
     def _finish(self, seed: int, strategy: str, rnd: int, folder: Path, model: torch.nn.Module,
@@ -264,6 +262,7 @@ class Study:
             collapsed = collapse(model.cpu(), mask)
         meta = {"model_config": asdict(model.config), "strategy": strategy, "round": rnd,
                 "seed": seed, "config_hash": cfg.hash(), **frac,
+                **({structured.STRUCTURED: True} if structured.is_structured(model) else {}),
                 "empty_tensors": collapsed["empty_tensors"],
                 "prunable_tensors": collapsed["prunable_tensors"],
                 "path_cut": bool(collapsed["path_cut"])}

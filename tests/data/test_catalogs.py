@@ -134,14 +134,6 @@ def test_streamed_batches_equal_the_decoded_up_front_ones() -> None:
         assert got[:16] == digest, (step, size, rank, world)
 
 
-def test_batch_is_fast(bundled_source: stream.TrainSource) -> None:
-    import time
-    start = time.perf_counter()
-    for step in range(20):
-        bundled_source.batch(step, 8)
-    assert (time.perf_counter() - start) / 20 < 0.05
-
-
 # ---- mirl layout -----------------------------------------------------------------------------
 
 def test_mirl_test_set_reads_pairs_and_synthesizes_noise(mirl_root: Path) -> None:

@@ -31,7 +31,8 @@ BRANCHES = strategies.optional_names()
 
 def test_registry_declares_every_strategy_once() -> None:
     assert list(REGISTRY) == ["dense", "rewind", "late_rewind", "finetune", "oneshot", "reinit",
-                              "random_mask", "small_dense", "late_rewind_chain", "finetune_chain"]
+                              "random_mask", "small_dense", "late_rewind_chain", "finetune_chain",
+                              "channel_rewind"]
     assert len({s.order for s in REGISTRY.values()}) == len(REGISTRY)
     assert strategies.with_role("dense") == ["dense"] and strategies.with_role("trunk") == [TRUNK]
     assert set(BRANCHES) == set(REGISTRY) - {"dense", TRUNK}

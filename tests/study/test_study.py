@@ -260,3 +260,39 @@ def test_every_point_records_where_its_time_went(study: Study) -> None:
         assert sum(phases.values()) > 0.5 * record["seconds"], (phases, record["seconds"])
         assert min(phases["train"], phases["evaluate"], phases["heldout"]) > 0, phases
         assert phases["checkpoints"] > 0, phases  # state.pt and final.pt at least
+
+
+def test_the_structured_ticket_is_a_narrower_network_rewound_to_initialization(
+        study: Study) -> None:
+    from mirl_lib.net import structured
+    from mirl_lib.pruning import channels
+
+    name = "channel_rewind"
+    table = channels.groups(study.skeleton())
+    shapes = {k: tuple(v.shape) for k, v in study.skeleton().state_dict().items()}
+    init = state(study, "dense", 0, "init.pt")
+    before = channels.empty_selection(table)
+    rounds = [r for s, r in study.points() if s == name]
+    assert rounds == list(range(1, max(study.schedule().branch_rounds) + 1))
+    for rnd in rounds:
+        removed = channels.load_selection(study.point_dir(0, name, rnd) / "channels.pt", table)
+        assert all(bool((removed[n] | ~before[n]).all()) for n in removed)  # nested rounds
+        assert sum(int(m.sum()) for m in removed.values()) > sum(
+            int(m.sum()) for m in before.values())
+        # as many parameters as the trunk's ticket of this round (a unit is coarse: 3%)
+        target = strategies.REGISTRY[name].target(study.cfg, rnd)
+        assert abs(channels.count(table, removed, shapes) - target) <= 0.03 * target
+        start, mask, step, extra = start_of(study, name, rnd)
+        assert step == 0 and extra["init_seed"] == 0
+        expected = channels.prune_state(init, table, removed)
+        assert all(torch.equal(start[k], expected[k]) for k in expected)  # rewound
+        assert all(bool(m.all()) for m in mask.values())  # nothing masked: it is smaller
+        model, meta = load_model(study.point_dir(0, name, rnd) / "ticket.mirl")
+        assert meta[structured.STRUCTURED] and structured.is_structured(model)
+        final = state(study, name, rnd)
+        assert all(torch.equal(model.state_dict()[k], final[k]) for k in final)
+        record = pd.read_csv(study.run_dir / "catalog.csv").query(
+            "strategy == @name and round == @rnd").iloc[0]
+        assert record.remaining_all == pytest.approx(
+            sum(v.numel() for v in final.values()) / int(study.plan().at[0, "total"]))
+        before = removed
