@@ -190,6 +190,29 @@ def test_ticket_scores_its_masked_weights(tmp_path: Path, layout: Path, files: d
     pd.testing.assert_series_equal(ticket["input_psnr"], plain["input_psnr"])
 
 
+def test_a_structured_ticket_is_scored_at_its_own_widths(tmp_path: Path, layout: Path,
+                                                         dense: PromptIR) -> None:
+    """A ticket of a physically narrower network (``net.structured``) needs nothing else."""
+    from mirl_lib.net import structured
+    from mirl_lib.pruning import channels
+
+    table = channels.groups(dense)
+    state = dense.state_dict()
+    none = channels.empty_selection(table)
+    removed = channels.select(channels.importance(state, table, none), table, none,
+                              {k: tuple(v.shape) for k, v in state.items()},
+                              sum(v.numel() for v in state.values()) // 2)
+    narrow = structured.build(dense.config, channels.prune_state(state, table, removed)).eval()
+    tickets.export_ticket(narrow.state_dict(), masks.full_mask(narrow), tmp_path / "narrow.mirl",
+                          {"model_config": asdict(dense.config), structured.STRUCTURED: True})
+    params = write_params(tmp_path / "p.yaml", "tiny", layout)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "narrow.mirl"), "--params",
+                 str(params), "--device", "cpu", "-o", str(tmp_path / "narrow.csv")]) == 0
+    scores = read_scores(tmp_path / "narrow.csv")
+    direct = evaluate(narrow, load_test_set(load_config(params).data, seed=0))
+    np.testing.assert_allclose(scores["psnr"], direct["psnr"], rtol=0, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_data_root_and_tiles(tmp_path: Path, layout: Path, files: dict[str, Path],
                              dense: PromptIR) -> None:
