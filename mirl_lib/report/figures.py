@@ -17,6 +17,7 @@ import seaborn as sns  # noqa: E402
 from mirl_lib.core.names import (
     ALL_IN_ONE,  # noqa: E402
     DENSE,
+    TRUNK,
     task_order,
 )
 from mirl_lib.files.atomic import atomic_write_bytes  # noqa: E402
@@ -119,7 +120,8 @@ def comparison_forest(comparisons: pd.DataFrame, path: Path, primary: pd.DataFra
     marker) and per task (small), with the 95% interval as whiskers and the ±margin band shaded.
     A primary comparison (``primary``: ``report.primary.primary_table``) is coloured by its
     decision; every other estimate is exploratory (black)."""
-    data = comparisons[comparisons["metric"] == metric] if len(comparisons) else comparisons
+    data = (comparisons[(comparisons["metric"] == metric) & (comparisons["a"] == TRUNK)]
+            if len(comparisons) else comparisons)
     rounds = branch_rounds(data, "b") if rounds is None else rounds
     if data.empty or not rounds:
         fig, ax = plt.subplots(figsize=(6, 2))

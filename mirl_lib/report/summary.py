@@ -106,7 +106,8 @@ def _primary_section(primary: pd.DataFrame, analysis: AnalysisConfig) -> list[st
 
 
 def _exploratory_tables(comps: pd.DataFrame) -> list[str]:
-    psnr = comps[comps["metric"] == "psnr"]
+    every = comps[comps["metric"] == "psnr"]
+    psnr = every[every["a"] == TRUNK]
     lines: list[str] = []
     for rnd in branch_rounds(psnr, "b"):
         at = psnr[psnr["round"] == rnd]
@@ -125,6 +126,19 @@ def _exploratory_tables(comps: pd.DataFrame) -> list[str]:
                 row = at[(at["b"] == b) & (at["task"] == task)]
                 cells.append(interval(row.iloc[0]) if len(row) else "")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    others = every[every["a"] != TRUNK]
+    if len(others):
+        tasks = task_order(others["task"])
+        lines += ["", "## Exploratory: other pairs of the same size, PSNR dB", "",
+                  "A − B, estimate [95% interval], at the trunk rounds where both ran (the "
+                  "strategies' `compared_with`). Exploratory: no verdict.", "",
+                  "| round (remaining) | A − B | " + " | ".join(tasks) + " |",
+                  "|---" * (len(tasks) + 2) + "|"]
+        for (rnd, a, b), rows in others.groupby(["round", "a", "b"], sort=True):
+            by_task = rows.set_index("task")
+            cells = [interval(by_task.loc[t]) if t in by_task.index else "" for t in tasks]
+            lines.append(f"| {int(rnd)} ({100 * float(rows['remaining'].iloc[0]):.1f}%) | "
+                         f"{label(a)} − {label(b)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -237,7 +251,7 @@ def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig
         lines += ["", "## The trunk as a curve", "", curve_reading(curve), "",
                   *_curve_table(curve)]
     lines += _exploratory_tables(comps)
-    rounds = branch_rounds(comps, "b") if len(comps) else []
+    rounds = branch_rounds(comps[comps["a"] == TRUNK], "b") if len(comps) else []
     if heldout is not None and not heldout.empty:
         lines += _heldout_section(heldout, rounds)
     if points is not None and not points.empty:

@@ -16,7 +16,9 @@ its class and nowhere else:
 - ``model_config(cfg, rnd)``: the architecture it trains (the study's, except for the small-dense
   control, a narrowed PromptIR of the ticket's parameter count); ``network(cfg, rnd, state)``
   builds it around its starting weights (the structured ticket: a physically narrower PromptIR);
-- ``stage(rnd)``: the notebook stage that trains it.
+- ``stage(rnd)``: the notebook stage that trains it;
+- ``compared_with``: other strategies it is compared with besides the ticket (the structured
+  ticket with the small dense network of its size).
 
 Two kinds of ablation. *Chains* (``late_rewind_chain``, ``finetune_chain``) run their own iterative
 pruning down to the deepest branch round, so their masks come from their own training: faithful,
@@ -154,6 +156,9 @@ class Strategy:
     role: ClassVar[str]
     placement: ClassVar[str]
     description: ClassVar[str]
+    # strategies this one is also compared with, at every round both ran (exploratory estimates
+    # beside the ticket's; ``report.comparisons``)
+    compared_with: ClassVar[tuple[str, ...]] = ()
 
     def rounds(self, schedule: Schedule) -> tuple[int, ...]:
         """The rounds this strategy runs at, in the order they must run."""
@@ -480,6 +485,7 @@ class SmallDense(Strategy):
 class ChannelRewind(Strategy):
     name, label, order, role, placement = ("channel_rewind", "structured ticket (channels)", 10,
                                            "ablation", "chain")
+    compared_with = (SmallDense.name,)
     description = ("MIR-L with whole channels: each round removes the least important coupled "
                    "channel groups (pruning.channels; prune.channel_importance, "
                    "prune.channel_method) of the previous round's trained network until it has the "

@@ -107,6 +107,29 @@ def test_comparisons_use_the_registry_and_pair_controls_with_their_own_count() -
     assert (row.seeds, row.photos, row.images) == (2, 4, 8)
 
 
+def test_a_strategy_is_also_compared_with_what_it_declares() -> None:
+    """The structured ticket declares the small dense network (``compared_with``): A − B rows
+    beside the ticket's, in the summary's own table, and not in the ticket's tables."""
+    points = (*POINTS, ("small_dense", 2, 0.64), ("channel_rewind", 1, 0.8),
+              ("channel_rewind", 2, 0.64))
+    BASE.update(small_dense=23.5, channel_rewind=24.25)
+    try:
+        data = metrics((0, 1), -0.05, points=points)
+    finally:
+        del BASE["small_dense"], BASE["channel_rewind"]
+    comps = comparisons(data)
+    extra = comps[(comps["a"] != "rewind") & (comps["metric"] == "psnr")]
+    assert set(zip(extra["a"], extra["b"], extra["round"])) == {
+        ("channel_rewind", "small_dense", 2)}
+    row = extra[extra["task"] == "all-in-one"].iloc[0]
+    assert row.difference == pytest.approx(0.75, abs=0.05)
+    assert row.ci_low < row.difference < row.ci_high
+    text = summary_markdown(data, "t", ANALYSIS, comps=comps)
+    section = text.split("other pairs of the same size")[1]
+    assert "structured ticket (channels) − small dense (same size)" in section
+    assert "ticket − structured ticket (channels)" in text  # the ticket's own comparisons too
+
+
 def test_the_trunk_curve_has_a_simultaneous_band() -> None:
     curve = trunk_curve(metrics((0, 1, 2), -0.5))
     assert list(curve["round"]) == [1, 2]
