@@ -85,3 +85,43 @@ def test_a_committed_rerun_line_is_what_the_check_computes_and_the_docs_quote_it
     count = re.search(r"\d+ of \d+ exploratory estimates", line).group(0)
     quoted = re.search(rf"{re.escape(rerun)}.*?{re.escape(verdict)}.*?{re.escape(count)}", docs)
     assert quoted, f"docs/reproducibility.md does not quote {rerun}'s verdict: {verdict!r}, {count!r}"
+
+
+@pytest.mark.parametrize("run", ["default", "full"])
+def test_a_reader_can_rescore_every_primary_comparison_from_the_committed_tickets(run: str) -> None:
+    """Seed 0 of each committed tier holds the dense network and, at the primary round, the ticket
+    and every strategy it is compared with; each loads as the tier's network, and the ticket and
+    the dense network score on the test photos what the committed metrics.csv says."""
+    import torch
+
+    from mirl_lib.core.names import DENSE, TRUNK
+    from mirl_lib.data.testset import load_test_set
+    from mirl_lib.evaluation.scoring import evaluate
+    from mirl_lib.net.checkpoints import load_model
+    from mirl_lib.study.strategies import REGISTRY
+
+    folder = REPO / "results" / run
+    cfg = load_config(folder / "config.yaml")
+    metrics = pd.read_csv(folder / "metrics.csv")
+    rnd = deepest_round(metrics)
+    points = [(DENSE, 0), (TRUNK, rnd),
+              *((vs, rnd) for vs, _ in cfg.analysis.comparisons() if vs != DENSE)]
+    models = {}
+    for strategy, r in points:
+        path = folder / "seed_0" / strategy / ("" if r == 0 else f"round_{r:02d}") / "ticket.mirl"
+        assert path.is_file(), f"{path.relative_to(REPO)} is not committed"
+        models[strategy], _ = load_model(path, expected=REGISTRY[strategy].model_config(cfg, r))
+    items = load_test_set(cfg.data, seed=cfg.data.test_seed)
+    if run == "default":  # 100 crops: two of each task are enough to tell the network apart
+        items = [i for k, i in enumerate(items) if k % 10 == 0]
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads)
+    try:
+        for strategy, r in ((DENSE, 0), (TRUNK, rnd)):
+            scores = evaluate(models[strategy], items)
+            committed = metrics.query("seed == 0 and strategy == @strategy and round == @r")
+            merged = scores.merge(committed, on=["task", "dataset", "image"], suffixes=("", "_c"))
+            assert len(merged) == len(items)
+            assert (merged["psnr"] - merged["psnr_c"]).abs().max() < 1e-4, (run, strategy)
+    finally:
+        torch.set_num_threads(before)
