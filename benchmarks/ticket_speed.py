@@ -124,7 +124,6 @@ def networks(cfg: Config, run: Path | None, seed: int, rounds: list[int]) -> lis
         dense, dense_source = build_model(cfg.model, seed=seed), f"initialization seed {seed}"
     state = dense.state_dict()
     table = channels.groups(dense)
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
     out = [Network("dense", 0, dense_source, dense)]
     plan = plan_table(cfg.model, cfg.prune).set_index("round")
     for rnd in rounds:
@@ -148,11 +147,9 @@ def networks(cfg: Config, run: Path | None, seed: int, rounds: list[int]) -> lis
             model, _ = load_model(found, expected=cfg.model)
             out.append(Network("structured", rnd, str(found), model))
         else:
-            target = REGISTRY[STRUCTURED_STRATEGY].target(cfg, rnd)
-            none = channels.empty_selection(table)
-            removed = channels.select(
-                channels.importance(state, table, none, cfg.prune.channel_importance), table,
-                none, shapes, target, cfg.prune.channel_method)
+            removed = channels.cut(state, table, channels.empty_selection(table),
+                                   REGISTRY[STRUCTURED_STRATEGY].target(cfg, rnd),
+                                   cfg.prune.channel_importance, cfg.prune.channel_method)
             model = structured.build(cfg.model, channels.prune_state(state, table, removed))
             out.append(Network("structured", rnd, "channels of the dense network by importance",
                                model))

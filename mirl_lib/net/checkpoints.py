@@ -29,6 +29,7 @@ from mirl_lib.files.tensors import atomic_torch_save, cpu_state_dict, load_tenso
 from mirl_lib.files.tickets import TICKET_SUFFIX, load_ticket
 from mirl_lib.net import structured
 from mirl_lib.net.promptir import PromptIR, build_model
+from mirl_lib.net.sizing import skeleton
 
 WEIGHTS_FORMAT = "mirl-weights"
 LIGHTNING_PREFIX = "net."
@@ -95,9 +96,7 @@ def _tensor_dict(path: Path, state: Any) -> dict[str, torch.Tensor]:
 @functools.lru_cache(maxsize=16)
 def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of PromptIR(cfg), built on the meta device (no memory)."""
-    with torch.device("meta"):
-        net = PromptIR(cfg)
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in skeleton(cfg).state_dict().items()}
 
 
 def _misfit(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str | None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from mirl_lib.core.config import SIZE_MULTIPLE, ModelConfig
 from mirl_lib.net.promptir import Attention, NormBody, PromptGenBlock, PromptIR
+from mirl_lib.net.sizing import skeleton
 
 # The meta key that marks a weights file or ticket as holding a structured (narrower) network.
 STRUCTURED = "structured"
@@ -79,8 +80,7 @@ def build(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> PromptIR:
 
 def misfit(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> str | None:
     """Why ``state`` is not a structured PromptIR of ``cfg``, or None when it is one."""
-    with torch.device("meta"):
-        full = PromptIR(cfg).state_dict()
+    full = skeleton(cfg).state_dict()
     missing = [k for k in full if k not in state]
     unexpected = [k for k in state if k not in full]
     if missing or unexpected:
@@ -105,6 +105,5 @@ def misfit(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> str | None:
 def is_structured(net: torch.nn.Module) -> bool:
     """Whether ``net`` is narrower than ``PromptIR(net.config)`` (a structured network)."""
     net = getattr(net, "module", net)
-    with torch.device("meta"):
-        full = PromptIR(net.config).state_dict()
+    full = skeleton(net.config).state_dict()
     return any(tuple(v.shape) != tuple(full[k].shape) for k, v in net.state_dict().items())

@@ -36,6 +36,7 @@ place, with zeros where units were removed, so importance is always computed on 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,6 @@ class _Table:
 
     def __init__(self, net: PromptIR) -> None:
         self.shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-        self.net = net
         self.groups: list[Group] = []
 
     def has(self, name: str) -> bool:
@@ -272,16 +272,17 @@ def expand_state(small: Mapping[str, torch.Tensor], table: list[Group], selectio
     return out
 
 
+def pruned_shapes(table: list[Group], selection: Selection,
+                  shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The narrower network's tensor shapes (from the unpruned ``shapes`` alone)."""
+    removed = {k: int(v.numel()) for k, v in _removed_per_dim(table, selection).items()}
+    return {name: tuple(size - removed.get((name, dim), 0) for dim, size in enumerate(shape))
+            for name, shape in shapes.items()}
+
+
 def count(table: list[Group], selection: Selection, shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Parameters of the narrower network (exact, from shapes alone)."""
-    removed = {k: int(v.numel()) for k, v in _removed_per_dim(table, selection).items()}
-    total = 0
-    for name, shape in shapes.items():
-        n = 1
-        for dim, size in enumerate(shape):
-            n *= size - removed.get((name, dim), 0)
-        total += n
-    return total
+    return sum(math.prod(shape) for shape in pruned_shapes(table, selection, shapes).values())
 
 
 def importance(state: Mapping[str, torch.Tensor], table: list[Group], selection: Selection,
@@ -347,6 +348,14 @@ def select(scores: Mapping[str, torch.Tensor], table: list[Group], selection: Se
     best = min((k for k in (lo - 1, lo) if k >= 0),
                key=lambda k: abs(count(table, removing(k), shapes) - target))
     return removing(best)
+
+
+def cut(state: Mapping[str, torch.Tensor], table: list[Group], removed: Selection, target: int,
+        norm: str = "l2", method: str = "global") -> Selection:
+    """``removed`` and the least important further units of the full-size ``state``, down to
+    about ``target`` parameters (``importance``, then ``select``)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    return select(importance(state, table, removed, norm), table, removed, shapes, target, method)
 
 
 def save_selection(selection: Selection, path: str | Path) -> None:

@@ -4,7 +4,8 @@ curve against the dense network over the trunk rounds.
 ``comparisons`` lists the ticket (the trunk) against the dense network at every trunk round and
 against every other strategy at every round where it ran, and a strategy against those its class
 names in ``compared_with`` (the structured ticket against the small dense network), per task and
-all-in-one, for PSNR and SSIM (column ``a`` minus column ``b``): paired differences with the interval of ``report.intervals`` (seeds and photos crossed). These
+all-in-one, for PSNR and SSIM (column ``a`` minus column ``b``): paired differences with the
+interval of ``report.intervals`` (seeds and photos crossed). These
 are *exploratory* estimates: they carry no verdict; the few comparisons the study declared in
 advance are tested in ``report.primary``. ``trunk_curve`` is ticket − dense at every trunk round
 with a simultaneous band (Šidák: each round's interval at level ``level ** (1 / rounds)``), so the
@@ -67,20 +68,19 @@ def comparisons(metrics: pd.DataFrame, level: float = LEVEL,
     extra = [(int(r), a, b) for a in sorted({s for s, _ in runs}, key=lambda s: rank.get(s, 0))
              if a in strategies.REGISTRY for b in strategies.REGISTRY[a].compared_with
              for r in sorted(r for s, r in runs if s == a) if (b, r) in runs]
+    jobs = [(TRUNK, rnd, b, b_round) for rnd, b, b_round in pairs_]
+    jobs += [(a, rnd, b, rnd) for rnd, a, b in extra]
     frames = []
     for metric in metric_names:
         if metric not in metrics:
             continue
-        for a, todo in ((TRUNK, [(rnd, b) for rnd, b, _ in pairs_]),
-                        *((a, [(rnd, b)]) for rnd, a, b in extra)):
-            for rnd, b in todo:
-                b_round = 0 if b == DENSE else rnd
-                result = compare(metrics, (a, rnd), (b, b_round), metric, level)
-                if result.empty:
-                    continue
-                frames.append(result.assign(metric=metric, round=rnd,
-                                            remaining=float(remaining[rnd]), a=a, b=b,
-                                            level=level))
+        for a, rnd, b, b_round in jobs:
+            result = compare(metrics, (a, rnd), (b, b_round), metric, level)
+            if result.empty:
+                continue
+            frames.append(result.assign(metric=metric, round=rnd,
+                                        remaining=float(remaining[rnd]), a=a, b=b,
+                                        level=level))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(frames, ignore_index=True)[COLUMNS]

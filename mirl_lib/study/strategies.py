@@ -508,17 +508,15 @@ class ChannelRewind(Strategy):
         if path.exists():
             return channels.load_selection(path, table)
         before = previous(self.name, rnd)
-        shapes = {k: tuple(v.shape) for k, v in ctx.study.skeleton().state_dict().items()}
         if before == DENSE_POINT:
             kept = channels.empty_selection(table)
             trained = ctx.trained(DENSE_POINT)
         else:
             kept = channels.load_selection(
                 ctx.study.point_dir(ctx.seed, *before) / CHANNELS_FILE, table)
-            trained = channels.expand_state(ctx.trained(before), table, kept, shapes)
-        scores = channels.importance(trained, table, kept, ctx.cfg.prune.channel_importance)
-        chosen = channels.select(scores, table, kept, shapes, self.target(ctx.cfg, rnd),
-                                 ctx.cfg.prune.channel_method)
+            trained = channels.expand_state(ctx.trained(before), table, kept, _shapes(ctx))
+        chosen = channels.cut(trained, table, kept, self.target(ctx.cfg, rnd),
+                              ctx.cfg.prune.channel_importance, ctx.cfg.prune.channel_method)
         channels.save_selection(chosen, path)
         return chosen
 
@@ -526,8 +524,11 @@ class ChannelRewind(Strategy):
         return structured.build(cfg.model, state)
 
     def mask(self, ctx: PointContext, rnd: int) -> masks.Mask:
-        start = self.start(ctx, rnd)  # nothing is masked: every weight of the narrower network
-        return masks.full_mask(structured.build(ctx.cfg.model, start.state), ctx.cfg.prune.scope)
+        # nothing is masked: every weight of the narrower network (its shapes alone)
+        table = channels.groups(ctx.study.skeleton())
+        narrow = channels.pruned_shapes(table, self.selection(ctx, rnd), _shapes(ctx))
+        return masks.full_mask(structured.shaped(ctx.cfg.model, narrow, device="meta"),
+                               ctx.cfg.prune.scope)
 
     def start(self, ctx: PointContext, rnd: int) -> Start:
         table = channels.groups(ctx.study.skeleton())
@@ -535,3 +536,8 @@ class ChannelRewind(Strategy):
         return Start(channels.prune_state(ctx.initial(), table, removed), 0,
                      {"init_seed": ctx.seed,
                       "channels_removed": int(sum(int(m.sum()) for m in removed.values()))})
+
+
+def _shapes(ctx: PointContext) -> dict[str, tuple[int, ...]]:
+    """The study network's unpruned tensor shapes."""
+    return {k: tuple(v.shape) for k, v in ctx.study.skeleton().state_dict().items()}

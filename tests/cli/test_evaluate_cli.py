@@ -198,10 +198,8 @@ def test_a_structured_ticket_is_scored_at_its_own_widths(tmp_path: Path, layout:
 
     table = channels.groups(dense)
     state = dense.state_dict()
-    none = channels.empty_selection(table)
-    removed = channels.select(channels.importance(state, table, none), table, none,
-                              {k: tuple(v.shape) for k, v in state.items()},
-                              sum(v.numel() for v in state.values()) // 2)
+    removed = channels.cut(state, table, channels.empty_selection(table),
+                           sum(v.numel() for v in state.values()) // 2)
     narrow = structured.build(dense.config, channels.prune_state(state, table, removed)).eval()
     tickets.export_ticket(narrow.state_dict(), masks.full_mask(narrow), tmp_path / "narrow.mirl",
                           {"model_config": asdict(dense.config), structured.STRUCTURED: True})

@@ -20,10 +20,8 @@ def narrow() -> torch.nn.Module:
     net = build_model("cpu", seed=3)
     table = channels.groups(net)
     state = net.state_dict()
-    none = channels.empty_selection(table)
-    removed = channels.select(channels.importance(state, table, none), table, none,
-                              {k: tuple(v.shape) for k, v in state.items()},
-                              sum(v.numel() for v in state.values()) // 5)
+    removed = channels.cut(state, table, channels.empty_selection(table),
+                           sum(v.numel() for v in state.values()) // 5)
     return structured.build(net.config, channels.prune_state(state, table, removed)).eval()
 
 

@@ -89,6 +89,8 @@ def test_removing_a_unit_of_every_group_leaves_a_valid_smaller_network(
         for (name, dim), n in lost.items():
             assert small[name].shape[dim] == shapes[name][dim] - n, (name, dim)
         assert sum(v.numel() for v in small.values()) == channels.count(table, removed, shapes)
+        assert channels.pruned_shapes(table, removed, shapes) == {
+            k: tuple(v.shape) for k, v in small.items()}
         with torch.no_grad():
             out = structured.build(net.config, small).eval()(x)
         assert out.shape == x.shape and bool(torch.isfinite(out).all())
@@ -142,9 +144,8 @@ def test_a_stream_channel_is_not_a_zeroed_channel(net: torch.nn.Module) -> None:
 def test_prune_and_expand_are_inverse(net: torch.nn.Module) -> None:
     table = channels.groups(net)
     shapes, state = shapes_of(net), net.state_dict()
-    removed = channels.select(channels.importance(state, table, channels.empty_selection(table)),
-                              table, channels.empty_selection(table), shapes,
-                              sum(v.numel() for v in state.values()) // 3)
+    removed = channels.cut(state, table, channels.empty_selection(table),
+                           sum(v.numel() for v in state.values()) // 3)
     small = channels.prune_state(state, table, removed)
     back = channels.expand_state(small, table, removed, shapes)
     assert {k: tuple(v.shape) for k, v in back.items()} == shapes
