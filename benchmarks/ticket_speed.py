@@ -55,7 +55,13 @@ from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.core.names import DENSE, TRUNK  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
-from mirl_lib.files.paths import TICKET_FILE, point_dir, run_dir  # noqa: E402
+from mirl_lib.files.paths import (  # noqa: E402
+    BENCHMARK_RESULTS,
+    TICKET_FILE,
+    TICKET_SPEED_FILE,
+    point_dir,
+    run_dir,
+)
 from mirl_lib.net import structured  # noqa: E402
 from mirl_lib.net.checkpoints import load_model  # noqa: E402
 from mirl_lib.net.promptir import build_model  # noqa: E402
@@ -64,10 +70,11 @@ from mirl_lib.pruning.plan import plan_table  # noqa: E402
 from mirl_lib.study.strategies import REGISTRY  # noqa: E402
 from mirl_lib.training.losses import restoration_loss  # noqa: E402
 
-DEFAULT_OUT = ROOT / "results" / "benchmarks" / "ticket_speed.csv"
+DEFAULT_OUT = BENCHMARK_RESULTS / TICKET_SPEED_FILE
 DEFAULT_PARAMS = ROOT / "params" / "full.yaml"
 COLUMNS: tuple[str, ...] = (
-    "date", "device", "torch", "params_file", "threads", "side", "network", "round",
+    "date", "device", "device_type", "torch", "params_file", "threads", "side", "network",
+    "strategy", "round",
     "remaining_all", "parameters", "source", "forward_ms", "forward_p90_ms", "forward_speedup",
     "train_ms_per_step", "train_speedup", "peak_forward_mb", "repeats")
 KINDS = ("dense", "unstructured", "small_dense", "structured")
@@ -75,7 +82,19 @@ STRUCTURED_STRATEGY = next(n for n, s in REGISTRY.items()
                            if type(s).network is not type(REGISTRY[DENSE]).network)
 SMALL_DENSE_STRATEGY = next(n for n, s in REGISTRY.items()
                             if type(s).model_config is not type(REGISTRY[DENSE]).model_config)
+KIND_STRATEGY = {"dense": DENSE, "unstructured": TRUNK, "small_dense": SMALL_DENSE_STRATEGY,
+                 "structured": STRUCTURED_STRATEGY}  # the study's point each network stands for
 QUICK_REPEATS = 1
+
+
+def completed(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``strategy`` and ``device_type`` filled where rows written before those
+    columns existed lack them (from ``network``; ``cuda`` for an NVIDIA device, else ``cpu``)."""
+    rows = rows.copy()
+    rows["strategy"] = rows["strategy"].fillna(rows["network"].map(KIND_STRATEGY))
+    legacy = rows["device"].astype(str).str.startswith("NVIDIA").map({True: "cuda", False: "cpu"})
+    rows["device_type"] = rows["device_type"].fillna(legacy)
+    return rows
 
 
 @dataclass
@@ -340,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                 median = statistics.median(forward[i])
                 rows.append({
                     "date": datetime.date.today().isoformat(), "device": name,
-                    "torch": torch.__version__, "params_file": args.params.name,
-                    "threads": count, "side": args.side, "network": net.kind,
-                    "round": net.round, "remaining_all": round(net.parameters / dense_total, 4),
+                    "device_type": device.type, "torch": torch.__version__,
+                    "params_file": args.params.name, "threads": count, "side": args.side,
+                    "network": net.kind, "strategy": KIND_STRATEGY[net.kind], "round": net.round,
+                    "remaining_all": round(net.parameters / dense_total, 4),
                     "parameters": net.parameters, "source": net.source,
                     "forward_ms": round(median, 1),
                     "forward_p90_ms": round(sorted(forward[i])[int(0.9 * (repeats - 1))], 1),
@@ -355,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{train[i]:7.1f} ms (x{rows[-1]['train_speedup']:.2f})  peak "
                     f"{peaks[i]:.0f} MB")
             table = pd.DataFrame(rows, columns=list(COLUMNS))
-            merged = merge_rows(table, args.out, ("device", "params_file", "side"), COLUMNS,
-                                "ticket_speed")
+            merged = completed(merge_rows(table, args.out, ("device", "params_file", "side"),
+                                          COLUMNS, "ticket_speed"))
             args.out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(merged.to_csv(index=False), args.out)
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
 """Command line: ``python -m mirl_lib restore`` restores images, ``evaluate`` scores a checkpoint,
-``headline``, ``report`` and ``reproduce`` read finished runs, ``stages`` runs the study
+``headline``, ``sizes``, ``report`` and ``reproduce`` read finished runs, ``stages`` runs the study
 (``./run_all.sh``).
 
 ``python -m mirl_lib stages run|list|points PARAMS``: the stage runner (``mirl_lib.cli.stages``).
@@ -38,8 +38,14 @@ from pathlib import Path
 
 from mirl_lib.cli.evaluate import DEFAULT_PARAMS, Scoring, evaluate_command
 from mirl_lib.cli.restore import SUGGESTED_TILE, Progress, restore_command
-from mirl_lib.cli.results import headline_command, report_command, reproduce_command
+from mirl_lib.cli.results import (
+    headline_command,
+    report_command,
+    reproduce_command,
+    sizes_command,
+)
 from mirl_lib.core.errors import MirlError
+from mirl_lib.files.paths import BENCHMARK_RESULTS, TICKET_SPEED_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
         "headline", help="print a finished run's answer (the README's headline) from its verdicts")
     headline.add_argument("run", type=Path, help="run folder holding metrics.csv, e.g. "
                                                  "results/default")
+    sizes = commands.add_parser(
+        "sizes", help="print a finished run's networks of the same size, quality and CPU speed "
+                      "side by side (the README's table)")
+    sizes.add_argument("run", type=Path, help="run folder holding metrics.csv, e.g. "
+                                              "results/structured")
+    sizes.add_argument("--speed", type=Path, default=BENCHMARK_RESULTS / TICKET_SPEED_FILE,
+                       help="benchmarks/ticket_speed.py's CSV (default: %(default)s)")
+    sizes.add_argument("--params-file", default=None,
+                       help="the params file name whose speed rows to use (default: the run "
+                            "folder's name + .yaml)")
     report = commands.add_parser(
         "report", help="derive a finished run's statistics, summary and statistical figures again "
                        "from its tables (no networks needed)")
@@ -129,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_command(args, progress)
         elif args.command == "headline":
             headline_command(args)
+        elif args.command == "sizes":
+            sizes_command(args)
         elif args.command == "report":
             report_command(args)
         elif args.command == "reproduce":

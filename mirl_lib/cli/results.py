@@ -65,6 +65,36 @@ def headline_command(args: argparse.Namespace) -> None:
     print(f"<!-- headline:{args.run.name} -->\n{text}<!-- /headline -->")
 
 
+def sizes_command(args: argparse.Namespace) -> None:
+    """Print ``report.sizes.sizes_block`` of a finished run between the README's markers: its
+    networks of the same size with their quality (``metrics.csv``, ``heldout.csv``,
+    ``comparisons.csv``) and their CPU speed (``--speed``'s rows for ``--params-file``)."""
+    import pandas as pd
+
+    from mirl_lib.core.config import load_config
+    from mirl_lib.files.paths import HELDOUT_FILE
+    from mirl_lib.report.comparisons import load_comparisons, read_optional
+    from mirl_lib.report.sizes import SPEED_COLUMNS, sizes_block, speed_rows
+
+    metrics_path, config = finished_run(args.run)
+    if not args.speed.is_file():
+        raise DataError(f"{args.speed}: no such file (benchmarks/ticket_speed.py writes it)")
+    speed = pd.read_csv(args.speed)
+    missing = [c for c in ("params_file", "device_type", "side", *SPEED_COLUMNS)
+               if c not in speed]
+    if missing:
+        raise DataError(f"{args.speed}: no column(s) {missing}; rerun benchmarks/ticket_speed.py")
+    name = args.params_file or f"{args.run.name}.yaml"
+    rows = speed_rows(speed, name)
+    if rows.empty:
+        raise DataError(f"{args.speed}: no CPU rows for {name}; run benchmarks/ticket_speed.py "
+                        f"--params params/{name} --run {args.run}")
+    metrics = pd.read_csv(metrics_path)
+    text = sizes_block(metrics, read_optional(args.run / HELDOUT_FILE), rows,
+                       load_comparisons(args.run, metrics), load_config(config).analysis.level)
+    print(f"<!-- sizes:{args.run.name} -->\n{text}<!-- /sizes -->")
+
+
 def report_command(args: argparse.Namespace) -> None:
     """Derive a finished run's statistics again from its tables (``report.stages.analyse_run`` and
     ``draw_statistics``): ``comparisons.csv``, ``primary.csv``, ``summary.md`` and the two

@@ -24,6 +24,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = CHECKOUT / "notebooks"
 RESULTS = CHECKOUT / "results"
 BENCHMARK_RESULTS = RESULTS / "benchmarks"
+TICKET_SPEED_FILE = "ticket_speed.csv"  # benchmarks/ticket_speed.py; the README's sizes table
 
 
 def importable(env: dict[str, str]) -> dict[str, str]:

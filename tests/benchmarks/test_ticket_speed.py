@@ -43,6 +43,8 @@ def test_quick_run_measures_four_networks_at_matched_sizes(
     assert (ours["peak_forward_mb"] > 0).all()
     assert ours.at["structured", "source"].startswith("channels of the dense network")
     assert ours.at["structured", "parameters"] < ours.at["dense", "parameters"]
+    assert ours["strategy"].to_dict() == bench.KIND_STRATEGY
+    assert set(ours["device_type"]) == {"cpu"}
     captured = capsys.readouterr()
     assert "threads 1: forward passes" in captured.err and "wrote" in captured.out
 
@@ -61,3 +63,17 @@ def test_bad_input_fails_with_one_line_and_keeps_the_csv(bench: ModuleType, tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
         assert out.read_bytes() == before
+
+
+def test_rows_written_before_the_strategy_column_get_it_from_their_network(
+        bench: ModuleType) -> None:
+    from mirl_lib.core.names import DENSE, TRUNK
+    from mirl_lib.study.strategies import REGISTRY
+
+    old = pd.DataFrame({"device": ["AMD EPYC", "NVIDIA H200", "AMD EPYC"],
+                        "network": ["dense", "unstructured", "structured"],
+                        "strategy": [None, None, "kept"], "device_type": [None, None, "cuda"]})
+    rows = bench.completed(old)
+    assert rows["strategy"].tolist()[:2] == [DENSE, TRUNK] and rows.at[2, "strategy"] == "kept"
+    assert rows["device_type"].tolist() == ["cpu", "cuda", "cuda"]
+    assert set(bench.KIND_STRATEGY.values()) <= set(REGISTRY)  # every kind is a study's point

@@ -42,3 +42,30 @@ def test_report_refuses_a_params_file_of_another_run(tmp_path: Path) -> None:
     assert (run / "summary.md").read_text() == before  # nothing overwritten
     missing = report(str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def sizes(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mirl_lib", "sizes", *args],
+                          capture_output=True, text=True, cwd=CHECKOUT, timeout=300)
+
+
+def test_sizes_prints_the_block_and_refuses_a_speed_table_it_cannot_use(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from mirl_lib.report.sizes import sizes_block, speed_rows
+
+    done = sizes(str(COMMITTED))
+    assert done.returncode == 0, done.stderr
+    speed = pd.read_csv(CHECKOUT / "results" / "benchmarks" / "ticket_speed.csv")
+    block = sizes_block(pd.read_csv(COMMITTED / "metrics.csv"),
+                        pd.read_csv(COMMITTED / "heldout.csv"), speed_rows(speed, "full.yaml"),
+                        pd.read_csv(COMMITTED / "comparisons.csv"))
+    assert done.stdout == f"<!-- sizes:full -->\n{block}<!-- /sizes -->\n"
+    old = tmp_path / "old.csv"
+    speed.drop(columns=["strategy"]).to_csv(old, index=False)
+    for extra, message in ((["--speed", str(tmp_path / "none.csv")], "none.csv: no such file"),
+                           (["--speed", str(old)], "old.csv: no column(s) ['strategy']"),
+                           (["--params-file", "paper.yaml"], "no CPU rows for paper.yaml")):
+        done = sizes(str(COMMITTED), *extra)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
