@@ -259,3 +259,29 @@ def test_notebook_executes_and_exports_widget_state(viewer_run: Path, tmp_path: 
             if m["model_name"] == "ImageModel" for buf in m.get("buffers", [])]
     assert any(p.startswith(b"\x89PNG") and decode_png(p).shape[0] == 64 for p in pngs)
     assert 'application/vnd.jupyter.widget-view+json' in body
+
+
+def test_a_structured_ticket_restores_in_the_viewer_like_any_ticket(tmp_path: Path) -> None:
+    """A narrower PromptIR (``channel_rewind``'s ticket) loads in the viewer's cache at its own
+    widths and restores what the network itself restores."""
+    import torch
+
+    from mirl_lib.files import tickets
+    from mirl_lib.net import structured
+    from mirl_lib.net.promptir import build_model
+    from mirl_lib.pruning import channels, masks
+    from mirl_lib.viewer.cache import RestoreCache
+
+    net = build_model("cpu", seed=5)
+    table, state = channels.groups(net), net.state_dict()
+    removed = channels.cut(state, table, channels.empty_selection(table),
+                           sum(v.numel() for v in state.values()) // 3)
+    narrow = structured.build(net.config, channels.prune_state(state, table, removed)).eval()
+    ticket = tmp_path / "ticket.mirl"
+    tickets.export_ticket(narrow.state_dict(), masks.full_mask(narrow), ticket,
+                          {"model_config": {**narrow.config.__dict__}, structured.STRUCTURED: True})
+    img = np.random.default_rng(0).random((40, 48, 3)).astype(np.float32)
+    shown = RestoreCache(device="cpu", tile=0).restored(ticket, img)
+    direct = np.clip(restore.restore_image(narrow, img, device=torch.device("cpu"), tile=0), 0, 1)
+    assert shown.shape == img.shape and np.array_equal(shown, direct)
+    assert not np.array_equal(shown, np.clip(img, 0, 1))
