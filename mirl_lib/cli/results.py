@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from mirl_lib.core.errors import DataError
-from mirl_lib.files.paths import CONFIG_FILE, METRICS_FILE
+from mirl_lib.files.paths import CONFIG_FILE, METRICS_FILE, TICKET_SPEED_COLUMNS
 
 
 def finished_run(run: Path) -> tuple[Path, Path]:
@@ -24,9 +24,6 @@ def finished_run(run: Path) -> tuple[Path, Path]:
 def reproduce_command(args: argparse.Namespace) -> None:
     """Print ``report.reproduction.reproduction``'s line for two runs (folders or ``metrics.csv`` files; the
     ``heldout.csv`` beside each is compared too when both exist); write its table to ``-o``."""
-    from mirl_lib.files.atomic import atomic_write_text
-    from mirl_lib.report.reproduction import reproduction, reproduction_inputs
-
     paths = []
     for path in (args.rerun, args.reference):
         if path.is_dir():
@@ -36,6 +33,10 @@ def reproduce_command(args: argparse.Namespace) -> None:
         paths.append(path)
     if args.output is not None and not args.output.parent.is_dir():
         raise DataError(f"{args.output.parent}: no such folder for --output")
+    # the paths are checked before torch is imported: a refusal takes a fraction of a second
+    from mirl_lib.files.atomic import atomic_write_text
+    from mirl_lib.report.reproduction import reproduction, reproduction_inputs
+
     rerun, reference, heldout, analysis = reproduction_inputs(*paths)
     hashes = [sorted(set(t["config_hash"].astype(str))) if "config_hash" in t else []
               for t in (rerun, reference)]
@@ -55,12 +56,12 @@ def reproduce_command(args: argparse.Namespace) -> None:
 def headline_command(args: argparse.Namespace) -> None:
     """Print ``report.headline.headline`` of ``<run>/metrics.csv`` between the README's markers,
     with the analysis settings of the run's ``config.yaml`` (its primary comparisons, margin)."""
+    metrics, config = finished_run(args.run)
     import pandas as pd
 
     from mirl_lib.core.config import load_config
     from mirl_lib.report.headline import headline
 
-    metrics, config = finished_run(args.run)
     text = headline(pd.read_csv(metrics), load_config(config).analysis)
     print(f"<!-- headline:{args.run.name} -->\n{text}<!-- /headline -->")
 
@@ -69,21 +70,20 @@ def sizes_command(args: argparse.Namespace) -> None:
     """Print ``report.sizes.sizes_block`` of a finished run between the README's markers: its
     networks of the same size with their quality (``metrics.csv``, ``heldout.csv``,
     ``comparisons.csv``) and their CPU speed (``--speed``'s rows for ``--params-file``)."""
-    import pandas as pd
-
-    from mirl_lib.core.config import load_config
-    from mirl_lib.files.paths import HELDOUT_FILE
-    from mirl_lib.report.comparisons import load_comparisons, read_optional
-    from mirl_lib.report.sizes import SPEED_COLUMNS, sizes_block, speed_rows
-
     metrics_path, config = finished_run(args.run)
     if not args.speed.is_file():
         raise DataError(f"{args.speed}: no such file (benchmarks/ticket_speed.py writes it)")
+    import pandas as pd
+
     speed = pd.read_csv(args.speed)
-    missing = [c for c in ("params_file", "device_type", "side", *SPEED_COLUMNS)
-               if c not in speed]
+    missing = [c for c in TICKET_SPEED_COLUMNS if c not in speed]
     if missing:
         raise DataError(f"{args.speed}: no column(s) {missing}; rerun benchmarks/ticket_speed.py")
+    from mirl_lib.core.config import load_config
+    from mirl_lib.files.paths import HELDOUT_FILE
+    from mirl_lib.report.comparisons import load_comparisons, read_optional
+    from mirl_lib.report.sizes import sizes_block, speed_rows
+
     name = args.params_file or f"{args.run.name}.yaml"
     rows = speed_rows(speed, name)
     if rows.empty:

@@ -25,6 +25,10 @@ NOTEBOOKS = CHECKOUT / "notebooks"
 RESULTS = CHECKOUT / "results"
 BENCHMARK_RESULTS = RESULTS / "benchmarks"
 TICKET_SPEED_FILE = "ticket_speed.csv"  # benchmarks/ticket_speed.py; the README's sizes table
+# the columns of it that report.sizes reads
+TICKET_SPEED_COLUMNS: tuple[str, ...] = (
+    "params_file", "device_type", "side", "strategy", "round", "threads", "forward_ms",
+    "forward_speedup", "train_speedup")
 
 
 def importable(env: dict[str, str]) -> dict[str, str]:

@@ -13,11 +13,10 @@ import pandas as pd
 
 from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
 from mirl_lib.core.protocol import task_means
+from mirl_lib.files.paths import TICKET_SPEED_COLUMNS
 from mirl_lib.report.comparisons import branch_rounds, compare, interval, label, ordered
 from mirl_lib.report.means import sd
 
-# The speed table's columns this module reads (``benchmarks/ticket_speed.py`` writes them).
-SPEED_COLUMNS = ("strategy", "round", "threads", "forward_ms", "forward_speedup", "train_speedup")
 COLUMNS = ("round", "strategy", "remaining_all", "test_psnr", "test_psnr_sd", "seeds",
            "test_vs_ticket", "heldout_psnr", "heldout_psnr_sd", "heldout_vs_ticket",
            "forward_ms_1", "forward_speedup_1", "forward_speedup_2", "train_speedup_1")
@@ -61,7 +60,7 @@ def size_table(metrics: pd.DataFrame, heldout: pd.DataFrame | None, speed: pd.Da
     dense network: the ticket of the deepest branch round − dense), PSNR in dB with its crossed
     interval; speed-ups are over the dense network (``_1``/``_2``: 1 and 2 CPU threads)."""
     if speed is not None:
-        missing = [c for c in SPEED_COLUMNS if c not in speed]
+        missing = [c for c in TICKET_SPEED_COLUMNS if c not in speed]
         if missing:
             raise ValueError(f"the speed table lacks the column(s) {missing}")
     rounds = branch_rounds(metrics)

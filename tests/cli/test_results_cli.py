@@ -69,3 +69,14 @@ def test_sizes_prints_the_block_and_refuses_a_speed_table_it_cannot_use(tmp_path
         done = sizes(str(COMMITTED), *extra)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["headline", "/nowhere"], ["reproduce", "/nowhere", "/nope"],
+                                  ["sizes", str(COMMITTED), "--speed", "/nowhere.csv"]])
+def test_a_refusal_comes_before_torch_is_imported(argv: list[str]) -> None:
+    code = ("import sys\nfrom mirl_lib.cli.main import main\n"
+            f"code = main({argv!r})\nprint(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=CHECKOUT, timeout=120)
+    assert done.stdout.split() == ["2", "False"], (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: /nowhere") and done.stderr.count("\n") == 1
