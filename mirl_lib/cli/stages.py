@@ -1,7 +1,8 @@
-"""``python -m mirl_lib stages run|list|points|stage|forecast PARAMS``: the runner behind
+"""``python -m mirl_lib stages run|list|points|stage|forecast|adopt PARAMS``: the runner behind
 ``./run_all.sh``.
 
-``run`` runs every stage (``--executor slurm`` and the cluster options put each stage in a Slurm
+``adopt`` takes one strategy's finished points from another run of the same identity
+(``mirl_lib.study.adopt``). ``run`` runs every stage (``--executor slurm`` and the cluster options put each stage in a Slurm
 job; they set the params file's ``cluster`` section, a runtime one), ``points`` trains every point
 without notebooks, ``list`` shows each stage, whether it is done and, on a cluster, its job and the
 job's state, ``stage`` runs one stage here (what a stage's Slurm job runs), ``forecast`` prices the
@@ -85,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     one_p = sub.add_parser("stage", help="run one stage here (what its Slurm job runs)")
     forecast_p = sub.add_parser("forecast", help="the study's wall-clock on N GPUs from its stage "
                                                  "graph and the hours one training takes")
+    adopt_p = sub.add_parser("adopt", help="take one strategy's finished points from another run "
+                                           "of the same identity instead of training them")
     request_p = sub.add_parser("points-stage", help=argparse.SUPPRESS)
     request_p.add_argument("request")
-    for p in (run_p, list_p, points_p, one_p, forecast_p):
+    for p in (run_p, list_p, points_p, one_p, forecast_p, adopt_p):
         p.add_argument("params", type=Path)
         p.add_argument("--results", type=Path, default=RESULTS)
     for p in (run_p, points_p):
@@ -97,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         _cluster_options(p)
     _cluster_options(list_p)
     one_p.add_argument("--stage", required=True)
+    adopt_p.add_argument("--from", dest="source", type=Path, required=True,
+                         help="the run folder to adopt from, e.g. results/full")
+    adopt_p.add_argument("--strategy", required=True, help="the strategy whose points to adopt")
+    adopt_p.add_argument("--seeds", type=int, nargs="+", default=None,
+                         help="the seeds to adopt (default: every seed of the study)")
     forecast_p.add_argument("--hours-per-training", type=float, required=True,
                             help="hours one training takes on one GPU (e.g. from "
                                  "results/benchmarks/gpu_hours.csv)")
@@ -147,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             for gpus in args.gpus:
                 print(forecast_text(forecast(study, args.hours_per_training, gpus,
                                              args.gpus_per_stage, args.scaling)))
+        elif args.command == "adopt":
+            from mirl_lib.study.adopt import adopt
+
+            study = open_study(args.params, args.results, None)
+            study.prepare()
+            done = adopt(study, args.source, args.strategy, args.seeds)
+            print(f"adopted {len(done)} point(s) of {args.strategy} from {args.source} into "
+                  f"{study.run_dir}")
         elif args.command == "list":
             list_stages(args.params, args.results, overrides_of(args))
         else:
