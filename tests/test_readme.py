@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow  # simulates the power of both committed tiers
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- headline:(\w+) -->\n(.*?)<!-- /headline -->", re.S)
+SIZES = re.compile(r"<!-- sizes(-compact)?:(\w+) -->\n(.*?)<!-- /sizes -->", re.S)
 
 
 def pages() -> dict[str, str]:
@@ -41,7 +42,29 @@ def test_every_headline_block_is_generated_from_its_committed_run() -> None:
             f"its metrics.csv; regenerate it: python -m mirl_lib headline results/{run}")
 
 
-@pytest.mark.parametrize("run", ["default", "full"])
+def test_every_sizes_table_is_generated_from_its_committed_run_and_speed_rows() -> None:
+    """The README's table of the structured tickets (quality and speed side by side) is
+    ``report.sizes.sizes_block`` of the committed run and of ``ticket_speed.csv``."""
+    from mirl_lib.report.sizes import compact_block, sizes_block, speed_rows
+
+    found = [block for text in pages().values() for block in SIZES.findall(text)]
+    assert ("-compact", "structured") in {(c, r) for c, r, _ in SIZES.findall(
+        pages()["README.md"])}, "the README has no generated short table for results/structured"
+    assert ("", "structured") in {(c, r) for c, r, _ in found}, "no page has the long table"
+    speed = pd.read_csv(REPO / "results" / "benchmarks" / "ticket_speed.csv")
+    for compact, run, text in found:
+        folder = REPO / "results" / run
+        metrics, comps = (pd.read_csv(folder / "metrics.csv"),
+                          pd.read_csv(folder / "comparisons.csv"))
+        rows, level = (speed_rows(speed, f"{run}.yaml"),
+                       load_config(folder / "config.yaml").analysis.level)
+        block = (compact_block(metrics, rows, comps, level) if compact else
+                 sizes_block(metrics, pd.read_csv(folder / "heldout.csv"), rows, comps, level))
+        assert text == block, (f"a sizes table of results/{run} is stale; regenerate it: "
+                               f"python -m mirl_lib sizes results/{run}{' --compact' * bool(compact)}")
+
+
+@pytest.mark.parametrize("run", ["default", "full", "structured"])
 def test_a_committed_primary_table_is_what_the_analysis_computes(run: str) -> None:
     """``results/<tier>/primary.csv`` (the summary's and the figures' source) is
     ``primary_table`` of the committed metrics with the run's analysis settings, never typed in;
@@ -87,11 +110,11 @@ def test_a_committed_rerun_line_is_what_the_check_computes_and_the_docs_quote_it
     assert quoted, f"docs/reproducibility.md does not quote {rerun}'s verdict: {verdict!r}, {count!r}"
 
 
-@pytest.mark.parametrize("run", ["default", "full"])
+@pytest.mark.parametrize("run", ["default", "full", "structured"])
 def test_a_reader_can_rescore_every_primary_comparison_from_the_committed_tickets(run: str) -> None:
     """Seed 0 of each committed tier holds the dense network and, at the primary round, the ticket
-    and every strategy it is compared with; each loads as the tier's network, and the ticket and
-    the dense network score on the test photos what the committed metrics.csv says."""
+    and every strategy it is compared with; each loads as the tier's network (a structured ticket
+    at its own widths) and scores on the test photos what the committed metrics.csv says."""
     import torch
 
     from mirl_lib.core.names import DENSE, TRUNK
@@ -117,7 +140,7 @@ def test_a_reader_can_rescore_every_primary_comparison_from_the_committed_ticket
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads)
     try:
-        for strategy, r in ((DENSE, 0), (TRUNK, rnd)):
+        for strategy, r in points:
             scores = evaluate(models[strategy], items)
             committed = metrics.query("seed == 0 and strategy == @strategy and round == @r")
             merged = scores.merge(committed, on=["task", "dataset", "image"], suffixes=("", "_c"))

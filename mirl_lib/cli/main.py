@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument("--params-file", default=None,
                        help="the params file name whose speed rows to use (default: the run "
                             "folder's name + .yaml)")
+    sizes.add_argument("--compact", action="store_true",
+                       help="one row per round for each same-size pair besides the ticket's "
+                            "(the README's short table)")
     report = commands.add_parser(
         "report", help="derive a finished run's statistics, summary and statistical figures again "
                        "from its tables (no networks needed)")

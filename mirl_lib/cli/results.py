@@ -67,9 +67,10 @@ def headline_command(args: argparse.Namespace) -> None:
 
 
 def sizes_command(args: argparse.Namespace) -> None:
-    """Print ``report.sizes.sizes_block`` of a finished run between the README's markers: its
-    networks of the same size with their quality (``metrics.csv``, ``heldout.csv``,
-    ``comparisons.csv``) and their CPU speed (``--speed``'s rows for ``--params-file``)."""
+    """Print ``report.sizes.sizes_block`` of a finished run between markers: its networks of the
+    same size with their quality (``metrics.csv``, ``heldout.csv``, ``comparisons.csv``) and their
+    CPU speed (``--speed``'s rows for ``--params-file``); with ``--compact``,
+    ``report.sizes.compact_block`` (the README's short table)."""
     metrics_path, config = finished_run(args.run)
     if not args.speed.is_file():
         raise DataError(f"{args.speed}: no such file (benchmarks/ticket_speed.py writes it)")
@@ -82,7 +83,7 @@ def sizes_command(args: argparse.Namespace) -> None:
     from mirl_lib.core.config import load_config
     from mirl_lib.files.paths import HELDOUT_FILE
     from mirl_lib.report.comparisons import load_comparisons, read_optional
-    from mirl_lib.report.sizes import sizes_block, speed_rows
+    from mirl_lib.report.sizes import compact_block, sizes_block, speed_rows
 
     name = args.params_file or f"{args.run.name}.yaml"
     rows = speed_rows(speed, name)
@@ -90,8 +91,15 @@ def sizes_command(args: argparse.Namespace) -> None:
         raise DataError(f"{args.speed}: no CPU rows for {name}; run benchmarks/ticket_speed.py "
                         f"--params params/{name} --run {args.run}")
     metrics = pd.read_csv(metrics_path)
-    text = sizes_block(metrics, read_optional(args.run / HELDOUT_FILE), rows,
-                       load_comparisons(args.run, metrics), load_config(config).analysis.level)
+    comps, level = load_comparisons(args.run, metrics), load_config(config).analysis.level
+    if args.compact:
+        text = compact_block(metrics, rows, comps, level)
+        if not text:
+            raise DataError(f"{args.run}: no pair of strategies of the same size besides the "
+                            f"ticket's (a strategy's compared_with) ran; --compact has no table")
+        print(f"<!-- sizes-compact:{args.run.name} -->\n{text}<!-- /sizes -->")
+        return
+    text = sizes_block(metrics, read_optional(args.run / HELDOUT_FILE), rows, comps, level)
     print(f"<!-- sizes:{args.run.name} -->\n{text}<!-- /sizes -->")
 
 

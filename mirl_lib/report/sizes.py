@@ -9,13 +9,17 @@ Quality is exploratory except where a primary comparison says otherwise (the run
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 
 from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
 from mirl_lib.core.protocol import task_means
 from mirl_lib.files.paths import TICKET_SPEED_COLUMNS
 from mirl_lib.report.comparisons import branch_rounds, compare, interval, label, ordered
+from mirl_lib.report.intervals import cell_table, crossed, pairs
 from mirl_lib.report.means import sd
+from mirl_lib.report.primary import seeds_needed
 
 COLUMNS = ("round", "strategy", "remaining_all", "test_psnr", "test_psnr_sd", "seeds",
            "test_vs_ticket", "heldout_psnr", "heldout_psnr_sd", "heldout_vs_ticket",
@@ -92,15 +96,44 @@ def _x(value: float, fmt: str = ".2f", suffix: str = "x") -> str:
     return "" if pd.isna(value) else f"{value:{fmt}}{suffix}"
 
 
-def pair_lines(comps: pd.DataFrame) -> list[str]:
+def seeds_to_decide(metrics: pd.DataFrame, a: tuple[str, int], b: tuple[str, int],
+                    level: float = 0.95, target: float = 0.8) -> int | None:
+    """The fewest seeds (``primary.SEED_GRID``) whose two-sided test at ``1 - level`` tells ``a``
+    from ``b`` with power ``target`` at the measured all-in-one PSNR difference, on the run's
+    photos (``primary.seeds_needed``, simulated from the measured variance components); None when
+    no count up to the grid's last does."""
+    diffs = pairs(metrics, "psnr", a, b)
+    if diffs.empty:
+        return None
+    tables, _, _, _, _ = cell_table(diffs)
+    result = crossed(tables[ALL_IN_ONE])
+    return seeds_needed(replace(result, estimate=abs(result.estimate)), "superiority", 0.0,
+                        (1 - level) / 2, target)
+
+
+def pair_lines(comps: pd.DataFrame, metrics: pd.DataFrame | None = None,
+               level: float = 0.95) -> list[str]:
     """The exploratory same-size pairs other than the ticket's (``Strategy.compared_with``),
-    all-in-one PSNR, one line per pair: ``structured ticket − small dense: +0.10 [..] at 52.7%, ...``."""
+    all-in-one PSNR on the test photos, one line per pair: each round's estimate and interval,
+    and, with ``metrics``, whether the interval decides the sign and, where it does not, about how
+    many seeds would (``seeds_to_decide``)."""
     psnr = comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)
                  & (comps["a"] != TRUNK)]
     lines = []
     for (a, b), rows in psnr.groupby(["a", "b"], sort=False):
-        parts = [f"{interval(r, ' dB')} at {100 * r.remaining:.1f}%"
-                 for r in rows.sort_values("round").itertuples()]
+        parts = []
+        for r in rows.sort_values("round").itertuples():
+            part = f"{interval(r, ' dB')} at {100 * r.remaining:.1f}%"
+            if metrics is not None:
+                if r.ci_low > 0 or r.ci_high < 0:
+                    part += f" ({label(a)} {'higher' if r.ci_low > 0 else 'lower'})"
+                else:
+                    n = seeds_to_decide(metrics, (a, int(r.round)),
+                                        (b, 0 if b == DENSE else int(r.round)), level)
+                    part += (" (undecided; on these photos no seed count up to 200 would decide "
+                             "it)" if n is None else
+                             f" (undecided; about {n} seeds would decide it, 80% power)")
+            parts.append(part)
         lines.append(f"{label(a)} − {label(b)} (test photos, exploratory): " + "; ".join(parts))
     return lines
 
@@ -128,8 +161,44 @@ def sizes_block(metrics: pd.DataFrame, heldout: pd.DataFrame | None, speed: pd.D
              f"network, paired, {100 * level:.0f}% interval over seeds and photos crossed. "
              f"Speed-ups over the dense network on the CPU (`benchmarks/ticket_speed.py`, seed 0's "
              f"networks); train step: batch of the run's training, 1 thread.",
-             *pair_lines(comps)]
+             *pair_lines(comps, metrics, level)]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def compact_block(metrics: pd.DataFrame, speed: pd.DataFrame | None, comps: pd.DataFrame,
+                  level: float = 0.95) -> str:
+    """The README's short table: per same-size pair A − B other than the ticket's
+    (``Strategy.compared_with``), one row per round where both ran: all-in-one PSNR of the
+    unstructured ticket, A and B, the ticket − A and A − B intervals, and A's and B's speed-up on
+    one and two CPU threads; then the dense network's figures. Empty without such a pair."""
+    table = size_table(metrics, None, speed, level).set_index(["strategy", "round"])
+    psnr = comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)]
+    blocks = []
+    for (a, b), rows in psnr[psnr["a"] != TRUNK].groupby(["a", "b"], sort=False):
+        la, lb = label(a), label(b)
+        lines = [f"| remaining | unstructured ticket | {la} | {lb} | ticket − {la} | {la} − {lb} "
+                 f"| 512² image, 1 / 2 threads: {la} | {lb} |", "|---" * 8 + "|"]
+        for r in rows.sort_values("round").itertuples():
+            rnd = int(r.round)
+            vs = psnr[(psnr["a"] == TRUNK) & (psnr["b"] == a) & (psnr["round"] == rnd)]
+            cells = [f"{100 * r.remaining:.1f}%",
+                     *(f"{table.at[(s, rnd), 'test_psnr']:.2f}" for s in (TRUNK, a, b)),
+                     interval(vs.iloc[0]) if len(vs) else "", interval(r),
+                     *(f"{_x(table.at[(s, rnd), 'forward_speedup_1'])} / "
+                       f"{_x(table.at[(s, rnd), 'forward_speedup_2'])}" for s in (a, b))]
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    if not blocks:
+        return ""
+    dense = table.loc[(DENSE, 0)] if (DENSE, 0) in table.index else None
+    seeds = int(table["seeds"].max())
+    note = (f"All-in-one PSNR in dB on the test photos, mean over {seeds} seeds; differences "
+            f"paired, {100 * level:.0f}% intervals over seeds and photos crossed; speed-ups over "
+            f"the dense network on a 512 x 512 image (CPU, seed 0's networks)")
+    if dense is not None:
+        note += (f"; the dense network: {dense.test_psnr:.2f} dB, "
+                 f"{dense.forward_ms_1 / 1000:.2f} s on one thread")
+    return "\n\n".join(blocks) + "\n\n" + note + ".\n"
 
 
 def speed_rows(speed: pd.DataFrame, params_file: str, device_type: str = "cpu") -> pd.DataFrame:

@@ -65,7 +65,8 @@ def test_sizes_prints_the_block_and_refuses_a_speed_table_it_cannot_use(tmp_path
     speed.drop(columns=["strategy"]).to_csv(old, index=False)
     for extra, message in ((["--speed", str(tmp_path / "none.csv")], "none.csv: no such file"),
                            (["--speed", str(old)], "old.csv: no column(s) ['strategy']"),
-                           (["--params-file", "paper.yaml"], "no CPU rows for paper.yaml")):
+                           (["--params-file", "paper.yaml"], "no CPU rows for paper.yaml"),
+                           (["--compact"], "--compact has no table")):
         done = sizes(str(COMMITTED), *extra)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr

@@ -7,7 +7,13 @@ import pytest
 from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
 from mirl_lib.files.paths import BENCHMARK_RESULTS, CHECKOUT, TICKET_SPEED_FILE
 from mirl_lib.report.comparisons import interval, ordered
-from mirl_lib.report.sizes import pair_lines, size_table, sizes_block, speed_rows
+from mirl_lib.report.sizes import (
+    pair_lines,
+    seeds_to_decide,
+    size_table,
+    sizes_block,
+    speed_rows,
+)
 
 FULL = CHECKOUT / "results" / "full"
 
@@ -79,3 +85,17 @@ def test_speed_rows_are_the_params_files_cpu_rows_at_the_largest_side() -> None:
     assert speed_rows(speed, "a.yaml").index.tolist() == [1]
     assert speed_rows(speed, "a.yaml", "cuda").index.tolist() == [2]
     assert speed_rows(speed, "c.yaml").empty
+
+
+def test_seeds_to_decide_grow_as_the_difference_shrinks(full) -> None:
+    """A difference the 3 seeds already decide needs few seeds; one near zero (+0.08 dB) needs
+    many; the answer does not depend on the pair's order."""
+    metrics = full[0]
+    big = seeds_to_decide(metrics, (TRUNK, 12), ("oneshot", 12))
+    assert big is not None and big <= 5
+    assert seeds_to_decide(metrics, ("oneshot", 12), (TRUNK, 12)) == big
+    small = seeds_to_decide(metrics, (TRUNK, 12), ("late_rewind", 12))
+    assert small is None or small >= 4 * big
+    comps = full[3]
+    lines = pair_lines(comps.assign(a=comps["a"].replace({TRUNK: "oneshot"})), metrics)
+    assert any("(one-shot lower)" in line or "(one-shot higher)" in line for line in lines)
