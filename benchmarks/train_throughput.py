@@ -11,8 +11,9 @@ Options (``--options``, comma-separated, or ``all``): ``fp32`` (the CPU path of
 ``mirl_lib.training.loop``), ``bf16`` autocast, ``channels_last``, ``bf16+channels_last`` (the CUDA path of
 ``mirl_lib.training.loop``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``, else
 ``foreach=True`` where fused is not supported), ``bf16+channels_last+compile`` (``torch.compile`` of
-the model; the first step's time, compilation included, goes to the note), and the CPU's
-``fp32+fused_adamw`` and ``fp32+compile``. ``DEFAULT_OPTIONS`` says which run by default on CUDA
+the model; the first step's time, compilation included, goes to the note), the CPU's
+``fp32+fused_adamw`` and ``fp32+compile``, and ``channels_last+gemm_pointwise`` (every ungrouped 1x1
+convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_lib.training``). ``DEFAULT_OPTIONS`` says which run by default on CUDA
 and on the CPU, and why. Each option starts from the same initial weights and is checked to keep
 the pruned weights at zero; an option that fails is recorded with its error and the run goes on.
 
@@ -83,6 +84,7 @@ class Option:
     channels_last: bool = False
     compile: bool = False
     fused_adamw: bool = False
+    gemm_pointwise: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -94,6 +96,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("bf16+channels_last+fused_adamw", bf16=True, channels_last=True, fused_adamw=True),
     Option("fp32+compile", compile=True),
     Option("fp32+fused_adamw", fused_adamw=True),
+    Option("channels_last+gemm_pointwise", channels_last=True, gemm_pointwise=True),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 # Measured unless --options says otherwise. On CUDA: the training path of mirl_lib.train
@@ -107,7 +110,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
              "bf16+channels_last+fused_adamw", "bf16+channels_last+compile"),
-    "cpu": ("fp32", "channels_last", "fp32+fused_adamw"),
+    "cpu": ("fp32", "channels_last", "fp32+fused_adamw", "channels_last+gemm_pointwise"),
 }
 
 
@@ -168,6 +171,33 @@ def benchmark_mask(model: PromptIR, density: float = DENSITY, seed: int = 0) -> 
     reference = {n: (torch.arange(m.numel()) < round(density * m.numel())).reshape(m.shape)
                  for n, m in full_mask(model, "reference").items()}
     return random_mask(reference, seed)
+
+
+class _Pointwise(torch.nn.Module):
+    """A 1x1 convolution as one matrix product over the channels (``F.linear`` on the
+    channels-last view), with the convolution's own parameters (a lever measured here, not used by
+    ``mirl_lib.training``)."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.view(self.weight.shape[0], -1)
+        return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+
+
+def pointwise_as_gemm(model: torch.nn.Module) -> int:
+    """Replace every ungrouped 1x1 convolution of ``model`` by ``_Pointwise`` (same parameters,
+    same names); returns how many."""
+    count = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if (isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1)
+                    and child.groups == 1 and child.stride == (1, 1)):
+                setattr(module, name, _Pointwise(child))
+                count += 1
+    return count
 
 
 def make_optimizer(model: PromptIR, option: Option, device: torch.device
@@ -242,6 +272,7 @@ def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device
         torch.cuda.reset_peak_memory_stats(device)
     memory_format = torch.channels_last if option.channels_last else torch.contiguous_format
     model = copy.deepcopy(template).to(device).train()
+    replaced = pointwise_as_gemm(model) if option.gemm_pointwise else 0
     set_memory_format(model, memory_format)
     enforcer = MaskEnforcer(model, {n: m.to(device) for n, m in mask.items()})
     try:
@@ -270,7 +301,10 @@ def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device
         if option.bf16 and device.type != "cuda":
             notes.append("mirl_lib.training.loop uses bf16 on CUDA only")
         if option.channels_last and device.type != "cuda":
-            notes.append("mirl_lib.training.loop uses channels_last on CUDA only")
+            notes.append("mirl_lib.training.loop uses channels_last on the CPU where "
+                         "train.cpu_channels_last is set (the full tier)")
+        if replaced:
+            notes.append(f"{replaced} 1x1 convolutions as F.linear over channels")
         if device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, \
                 "torch.cuda.max_memory_allocated"

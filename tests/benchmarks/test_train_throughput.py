@@ -65,7 +65,7 @@ def test_rows_and_merge_keep_other_devices(bench: ModuleType, tmp_path: Path, on
     for row in new.itertuples():
         assert row.images_per_s == pytest.approx(2 / row.step_ms * 1000, rel=0.01)
         assert row.mem_kind.startswith("process peak RSS") and "first step" in row.note
-    assert "channels_last on CUDA only" in new["note"].iloc[1]
+    assert "where train.cpu_channels_last is set" in new["note"].iloc[1]
     assert "fp32" in printed and "channels_last" in printed and str(out) in printed
 
 
@@ -131,3 +131,23 @@ def test_imports_no_notebook_tooling() -> None:
                           cwd=ROOT.parent, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_pointwise_as_gemm_keeps_the_network_and_its_parameter_names(bench: ModuleType) -> None:
+    from mirl_lib.net.promptir import build_model
+
+    model = build_model("tiny", seed=1).eval()
+    before = dict(model.named_parameters())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+    replaced = bench.pointwise_as_gemm(model)
+    assert replaced == sum(1 for m in build_model("tiny").modules()
+                           if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+                           and m.groups == 1)
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+                   for m in model.modules())
+    after = dict(model.named_parameters())
+    assert list(after) == list(before) and all(after[n] is before[n] for n in before)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)
