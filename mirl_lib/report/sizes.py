@@ -177,7 +177,7 @@ def compact_block(metrics: pd.DataFrame, speed: pd.DataFrame | None, comps: pd.D
     for (a, b), rows in psnr[psnr["a"] != TRUNK].groupby(["a", "b"], sort=False):
         la, lb = label(a), label(b)
         lines = [f"| remaining | unstructured ticket | {la} | {lb} | ticket − {la} | {la} − {lb} "
-                 f"| 512² image, 1 / 2 threads: {la} | {lb} |", "|---" * 8 + "|"]
+                 f"| speed-up, 1 / 2 threads: {la} | speed-up: {lb} |", "|---" * 8 + "|"]
         for r in rows.sort_values("round").itertuples():
             rnd = int(r.round)
             vs = psnr[(psnr["a"] == TRUNK) & (psnr["b"] == a) & (psnr["round"] == rnd)]
