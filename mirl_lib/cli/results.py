@@ -38,8 +38,9 @@ def reproduce_command(args: argparse.Namespace) -> None:
     from mirl_lib.report.reproduction import reproduction, reproduction_inputs
 
     rerun, reference, heldout, analysis = reproduction_inputs(*paths)
-    hashes = [sorted(set(t["config_hash"].astype(str))) if "config_hash" in t else []
-              for t in (rerun, reference)]
+    from mirl_lib.core.config import scored_by
+
+    hashes = [scored_by(t) for t in (rerun, reference)]
     if hashes[0] != hashes[1]:
         raise DataError(f"{paths[0]}: config hash {', '.join(hashes[0]) or 'none'} differs from "
                         f"{paths[1]}'s {', '.join(hashes[1]) or 'none'}: not a rerun of the "
@@ -111,12 +112,12 @@ def report_command(args: argparse.Namespace) -> None:
     are not needed: a run copied back from a cluster, or a committed one, is enough."""
     import pandas as pd
 
-    from mirl_lib.core.config import load_config
+    from mirl_lib.core.config import load_config, scored_by
 
     metrics_path, config_path = finished_run(args.run)
     metrics = pd.read_csv(metrics_path)
     cfg = load_config(args.params if args.params is not None else config_path)
-    made = sorted(set(metrics["config_hash"].astype(str))) if "config_hash" in metrics else []
+    made = scored_by(metrics)
     if made != [cfg.hash()]:
         source = args.params if args.params is not None else config_path
         raise DataError(f"{metrics_path}: scored by config {', '.join(made) or 'none'}, not by "

@@ -512,6 +512,12 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def scored_by(table: Any) -> list[str]:
+    """The config hashes a table of scores records (its ``config_hash`` column), sorted; empty
+    when it has none. ``table``: a pandas DataFrame."""
+    return sorted(set(table["config_hash"].astype(str))) if "config_hash" in table else []
+
+
 def identity_changes(old: Config, new: Config) -> list[str]:
     """``section.key: old -> new`` for every identity field that differs."""
     sections = [f.name for f in dataclasses.fields(Config)]

@@ -16,7 +16,14 @@ import pandas as pd
 from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
 from mirl_lib.core.protocol import task_means
 from mirl_lib.files.paths import TICKET_SPEED_COLUMNS
-from mirl_lib.report.comparisons import branch_rounds, compare, interval, label, ordered
+from mirl_lib.report.comparisons import (
+    branch_rounds,
+    compare,
+    interval,
+    label,
+    ordered,
+    psnr_overall,
+)
 from mirl_lib.report.intervals import cell_table, crossed, pairs
 from mirl_lib.report.means import sd
 from mirl_lib.report.primary import seeds_needed
@@ -117,8 +124,8 @@ def pair_lines(comps: pd.DataFrame, metrics: pd.DataFrame | None = None,
     all-in-one PSNR on the test photos, one line per pair: each round's estimate and interval,
     and, with ``metrics``, whether the interval decides the sign and, where it does not, about how
     many seeds would (``seeds_to_decide``)."""
-    psnr = comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)
-                 & (comps["a"] != TRUNK)]
+    psnr = psnr_overall(comps)
+    psnr = psnr[psnr["a"] != TRUNK]
     lines = []
     for (a, b), rows in psnr.groupby(["a", "b"], sort=False):
         parts = []
@@ -172,7 +179,7 @@ def compact_block(metrics: pd.DataFrame, speed: pd.DataFrame | None, comps: pd.D
     unstructured ticket, A and B, the ticket − A and A − B intervals, and A's and B's speed-up on
     one and two CPU threads; then the dense network's figures. Empty without such a pair."""
     table = size_table(metrics, None, speed, level).set_index(["strategy", "round"])
-    psnr = comps[(comps["metric"] == "psnr") & (comps["task"] == ALL_IN_ONE)]
+    psnr = psnr_overall(comps)
     blocks = []
     for (a, b), rows in psnr[psnr["a"] != TRUNK].groupby(["a", "b"], sort=False):
         la, lb = label(a), label(b)
@@ -180,10 +187,9 @@ def compact_block(metrics: pd.DataFrame, speed: pd.DataFrame | None, comps: pd.D
                  f"| speed-up, 1 / 2 threads: {la} | speed-up: {lb} |", "|---" * 8 + "|"]
         for r in rows.sort_values("round").itertuples():
             rnd = int(r.round)
-            vs = psnr[(psnr["a"] == TRUNK) & (psnr["b"] == a) & (psnr["round"] == rnd)]
             cells = [f"{100 * r.remaining:.1f}%",
                      *(f"{table.at[(s, rnd), 'test_psnr']:.2f}" for s in (TRUNK, a, b)),
-                     interval(vs.iloc[0]) if len(vs) else "", interval(r),
+                     table.at[(a, rnd), "test_vs_ticket"], interval(r),
                      *(f"{_x(table.at[(s, rnd), 'forward_speedup_1'])} / "
                        f"{_x(table.at[(s, rnd), 'forward_speedup_2'])}" for s in (a, b))]
             lines.append("| " + " | ".join(cells) + " |")

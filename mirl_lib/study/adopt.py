@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mirl_lib.core.config import load_config
+from mirl_lib.core.config import load_config, scored_by
 from mirl_lib.core.errors import ConfigError, DataError
 from mirl_lib.files import paths
 from mirl_lib.files.atomic import atomic_write, atomic_write_text
@@ -49,6 +49,7 @@ def _records(source: Path) -> dict[tuple[int, str, int], dict]:
     catalog = source / CATALOG_FILE
     if catalog.is_file():
         for row in pd.read_csv(catalog).to_dict("records"):
+            row = {k: v for k, v in row.items() if not pd.isna(v)}  # empty cells: not recorded
             records[(int(row["seed"]), str(row["strategy"]), int(row["round"]))] = row
     for path in paths.point_files(source, POINT_FILE):
         row = json.loads(path.read_text())
@@ -60,7 +61,7 @@ def _scored_table(path: Path, config_hash: str) -> pd.DataFrame:
     """A point's metrics or held-out table, checked to be scored by ``config_hash``, with the
     ``photo`` column that tables written before crops existed lack (each image its own photo)."""
     table = pd.read_csv(path)
-    made = sorted(set(table["config_hash"].astype(str))) if "config_hash" in table else []
+    made = scored_by(table)
     if made != [config_hash]:
         raise DataError(f"{path}: scored by config {', '.join(made) or 'none'}, not {config_hash}")
     if "photo" not in table:
@@ -84,11 +85,7 @@ def adopt(study: Study, source: Path, strategy: str,
         raise ConfigError(f"{config}: config hash {theirs.hash()}, not this study's "
                           f"{study.cfg.hash()}: only a run of the same identity computes the "
                           f"same points")
-    chosen = study.cfg.study.seeds if seeds is None else tuple(seeds)
-    unknown = sorted(set(chosen) - set(study.cfg.study.seeds))
-    if unknown:
-        raise ConfigError(f"seeds {unknown} are not seeds of this study "
-                          f"(study.seeds: {list(study.cfg.study.seeds)})")
+    chosen = study.chosen_seeds(seeds)
     rounds = [r for s, r in study.points(strategy)]
     if not rounds:
         raise ConfigError(f"{strategy!r}: no point of this study (study.strategies and the "
@@ -125,8 +122,7 @@ def adopt(study: Study, source: Path, strategy: str,
         target.mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():
             atomic_write_text(table.to_csv(index=False), target / name)
-        record = {k: v for k, v in record.items() if k != "ticket" and not pd.isna(v)} | {
-            ADOPTED: str(folder)}
+        record = {k: v for k, v in record.items() if k != "ticket"} | {ADOPTED: str(folder)}
         if (folder / TICKET_FILE).is_file():
             with atomic_write(target / TICKET_FILE) as tmp:
                 shutil.copyfile(folder / TICKET_FILE, tmp)

@@ -162,12 +162,17 @@ class Study:
                    seeds: list[int] | tuple[int, ...] | None = None) -> pd.DataFrame:
         """Run ``points`` for ``seeds`` (default: every seed of the study; seed-major, so each
         seed's chain runs in order); one record per point."""
-        chosen = self.cfg.study.seeds if seeds is None else tuple(seeds)
+        chosen = self.chosen_seeds(seeds)
+        return pd.DataFrame([self.run_point(seed, s, r) for seed in chosen for s, r in points])
+
+    def chosen_seeds(self, seeds: list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
+        """``seeds`` (default: every seed of the study), refused where one is not the study's."""
+        chosen = tuple(self.cfg.study.seeds if seeds is None else seeds)
         unknown = sorted(set(chosen) - set(self.cfg.study.seeds))
         if unknown:
             raise ConfigError(f"seeds {unknown} are not seeds of this study "
                               f"(study.seeds: {list(self.cfg.study.seeds)})")
-        return pd.DataFrame([self.run_point(seed, s, r) for seed in chosen for s, r in points])
+        return chosen
 
     def run_point(self, seed: int, strategy: str, rnd: int) -> dict:
         """Train and evaluate one point unless it is already done; return its record.
