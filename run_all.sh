@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Reproduce the whole study through papermill.
 #   ./run_all.sh [params/X.yaml] [--force STAGE]... [--results DIR] [--jobs N] [--gpus N]
+#                [--batch-replicates auto|batched|separate]
 # Default: params/default.yaml (the embedded CPU study). Finished stages are skipped; --force STAGE
 # moves a stage's outputs aside and runs it again (`python -m mirl_lib stages list PARAMS` names them).
 # --gpus N trains every point under torchrun with N processes (one per GPU); one GPU needs nothing.
+# --batch-replicates batched trains the seeds of each point together (the default, auto, does so
+# on CUDA only: on the CPU it measured slower).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh

@@ -26,8 +26,9 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str], columns: Sequence[str],
-               kind: str) -> pd.DataFrame:
-    """The rows of ``path`` that share no ``key`` with ``new``, then ``new``."""
+               kind: str, later: dict[str, object] | None = None) -> pd.DataFrame:
+    """The rows of ``path`` that share no ``key`` with ``new``, then ``new``. ``later``: columns
+    added to the CSV after rows were written, with the value such an older row stands for."""
     if not path.is_file():
         return new
     try:
@@ -35,6 +36,9 @@ def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str], columns: Seque
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise MirlError(f"{path}: cannot read the existing results ({one_line(exc)}); move it away "
                         f"or pass another --out") from None
+    for column, value in (later or {}).items():
+        if column not in old.columns:
+            old[column] = value
     missing = [c for c in key if c not in old.columns]
     if missing:
         raise MirlError(f"{path}: not a {kind} CSV (no column(s) {missing}); move it away or "

@@ -13,8 +13,23 @@ Options (``--options``, comma-separated, or ``all``): ``fp32`` (the CPU path of
 ``foreach=True`` where fused is not supported), ``bf16+channels_last+compile`` (``torch.compile`` of
 the model; the first step's time, compilation included, goes to the note), the CPU's
 ``fp32+fused_adamw`` and ``fp32+compile``, and ``channels_last+gemm_pointwise`` (every ungrouped 1x1
-convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_lib.training``). ``DEFAULT_OPTIONS`` says which run by default on CUDA
-and on the CPU, and why. Each option starts from the same initial weights and is checked to keep
+convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_lib.training``), and
+``batched`` (the step of ``mirl_lib.training.replicates``: every replicate's parameters stacked,
+one ``vmap`` of the network over them, the losses' sum differentiated, one AdamW over the stacked
+tensors; fp32, contiguous). ``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU,
+and why.
+
+Replicates (``--replicates 1,4,10``): each option is measured for that many trainings of the
+same shapes (the seeds of one point, each its own initialization). ``batched`` steps them as one
+computation; every other option steps them one after the other in this process, which is what
+separate trainings cost. ``step_ms`` is the time to step all of them; ``images_per_s`` counts
+every replicate's batch.
+
+FLOPs: ``gflop_per_step`` is three times the forward FLOPs of every replicate's batch
+(``torch.utils.flop_counter``, the usual forward + backward = 3x forward estimate: the counter's
+own backward figure for grouped convolutions is not usable), ``achieved_tflops`` that over the
+step time, and ``peak_share`` that over ``peak_tflops`` (``--peak-tflops``, or the dense bf16
+tensor-core peak of a known GPU, ``KNOWN_PEAKS``; empty where no peak is known, as on the CPU). Each option starts from the same initial weights and is checked to keep
 the pruned weights at zero; an option that fails is recorded with its error and the run goes on.
 
 Timing: the median over ``--steps`` timed steps after ``--warmup`` steps; CUDA events around each
@@ -48,6 +63,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.optim import AdamW
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -55,21 +71,30 @@ if str(ROOT) not in sys.path:
 
 from benchrows import merge_rows, one_line  # noqa: E402
 
-from mirl_lib.core.config import PRESETS  # noqa: E402
+from mirl_lib.core.config import PRESETS, TrainConfig  # noqa: E402
 from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.net.promptir import PromptIR, build_model, count_parameters  # noqa: E402
+from mirl_lib.net.sizing import skeleton  # noqa: E402
 from mirl_lib.pruning.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
 from mirl_lib.pruning.rules import random_mask  # noqa: E402
 from mirl_lib.training.loop import set_memory_format  # noqa: E402
+from mirl_lib.training.replicates import Replicates  # noqa: E402
 
 DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_throughput.csv"
 COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "parameters", "batch",
-                            "patch", "option", "step_ms", "images_per_s", "peak_mem_mb",
-                            "mem_kind", "threads", "note")
+                            "patch", "option", "replicates", "step_ms", "images_per_s",
+                            "gflop_per_step", "achieved_tflops", "peak_tflops", "peak_share",
+                            "peak_mem_mb", "mem_kind", "threads", "note")
 # A rerun replaces the rows it shares all of these with; every other row is kept.
-RUN_KEY: tuple[str, ...] = ("device_name", "preset", "batch", "patch", "threads", "option")
+RUN_KEY: tuple[str, ...] = ("device_name", "preset", "batch", "patch", "threads", "option",
+                            "replicates")
+# Columns added after rows were committed, with what an older row stands for (one training; the
+# FLOP columns unknown).
+LATER: dict[str, object] = {"replicates": 1}
+# Dense bf16 tensor-core peaks (TFLOP/s, SXM parts, without sparsity) by a word of the device name.
+KNOWN_PEAKS: dict[str, float] = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
 DENSITY = 0.1  # fraction of every prunable tensor the benchmark mask keeps
 # AdamW settings of params/paper.yaml
 LR, BETAS, WEIGHT_DECAY = 2e-4, (0.9, 0.999), 1e-4
@@ -85,6 +110,7 @@ class Option:
     compile: bool = False
     fused_adamw: bool = False
     gemm_pointwise: bool = False
+    batched: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -97,6 +123,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("fp32+compile", compile=True),
     Option("fp32+fused_adamw", fused_adamw=True),
     Option("channels_last+gemm_pointwise", channels_last=True, gemm_pointwise=True),
+    Option("batched", batched=True),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 # Measured unless --options says otherwise. On CUDA: the training path of mirl_lib.train
@@ -109,8 +136,9 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 # with --options to measure them.
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
-             "bf16+channels_last+fused_adamw", "bf16+channels_last+compile"),
-    "cpu": ("fp32", "channels_last", "fp32+fused_adamw", "channels_last+gemm_pointwise"),
+             "bf16+channels_last+fused_adamw", "batched", "bf16+channels_last+compile"),
+    "cpu": ("fp32", "channels_last", "fp32+fused_adamw", "channels_last+gemm_pointwise",
+            "batched"),
 }
 
 
@@ -264,38 +292,78 @@ def _timed_steps(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return times
 
 
-def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device, batch: int,
-            patch: int, steps: int, warmup: int) -> Measurement:
-    """Median step time and peak memory of ``option`` (raises what the option raises)."""
+def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch.device,
+            batch: int, patch: int, steps: int, warmup: int) -> Measurement:
+    """Median time to step every one of ``templates`` (the replicates) once, and peak memory, of
+    ``option`` (raises what the option raises)."""
     cpu_peak = None if device.type == "cuda" else CpuPeak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     memory_format = torch.channels_last if option.channels_last else torch.contiguous_format
-    model = copy.deepcopy(template).to(device).train()
-    replaced = pointwise_as_gemm(model) if option.gemm_pointwise else 0
-    set_memory_format(model, memory_format)
-    enforcer = MaskEnforcer(model, {n: m.to(device) for n, m in mask.items()})
+    count = len(templates)
+    gen = torch.Generator().manual_seed(0)
+    degraded, clean = (torch.rand(count, batch, 3, patch, patch, generator=gen).to(device)
+                       for _ in range(2))
+    models = [copy.deepcopy(t).to(device).train() for t in templates]
+    device_mask = {n: m.to(device) for n, m in mask.items()}
+    notes: list[str] = []
+    cleanups: list[Callable[[], None]] = []
     try:
-        optimizer, note = make_optimizer(model, option, device)
-        step = make_step(model, optimizer, option, device)
-        gen = torch.Generator().manual_seed(0)
-        degraded, clean = (torch.rand(batch, 3, patch, patch, generator=gen)
-                           .to(device, memory_format=memory_format) for _ in range(2))
+        if option.batched:
+            stacked = Replicates(models, [device_mask] * count)
+            cleanups.append(stacked.remove)
+            optimizer = AdamW(stacked.parameters(), lr=LR, betas=BETAS,
+                              weight_decay=WEIGHT_DECAY)
+            cfg = TrainConfig(device=device.type)
+
+            def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                losses = stacked.losses(x, y, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                optimizer.step()
+                return losses.detach().sum()
+
+            params = [dict(zip(stacked.params, (p[i] for p in stacked.parameters())))
+                      for i in range(count)]
+            data = (degraded, clean)
+        else:
+            replaced = 0
+            singles = []
+            for model in models:
+                replaced = pointwise_as_gemm(model) if option.gemm_pointwise else 0
+                set_memory_format(model, memory_format)
+                enforcer = MaskEnforcer(model, device_mask)
+                cleanups.append(enforcer.remove)
+                optimizer, note = make_optimizer(model, option, device)
+                singles.append(make_step(model, optimizer, option, device))
+            if note:
+                notes.append(note)
+            if replaced:
+                notes.append(f"{replaced} 1x1 convolutions as F.linear over channels")
+            data = tuple(t.unbind(0) for t in (degraded, clean))
+            data = tuple([x.contiguous(memory_format=memory_format) for x in part]
+                         for part in data)
+
+            def step(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+                return sum(single(x, y) for single, x, y in zip(singles, xs, ys))
+
+            params = [dict(m.named_parameters()) for m in models]
         started = time.perf_counter()
-        step(degraded, clean)
+        step(*data)
         _sync(device)
         first = time.perf_counter() - started
         if warmup > 1:
-            _timed_steps(step, (degraded, clean), device, warmup - 1)
-        times = _timed_steps(step, (degraded, clean), device, steps)
-        pruned = sum(int((p.detach()[~mask[n].to(device)] != 0).sum())
-                     for n, p in model.named_parameters() if n in mask)
+            _timed_steps(step, data, device, warmup - 1)
+        times = _timed_steps(step, data, device, steps)
+        pruned = sum(int((p.detach()[~device_mask[n]] != 0).sum())
+                     for named in params for n, p in named.items() if n in mask)
         if pruned:
             raise RuntimeError(f"{pruned} pruned weights became non-zero: the mask was not kept")
-        notes = [f"median of {steps} steps after {warmup}; first step {first:.1f} s"
-                 + (" (compilation)" if option.compile else "")]
-        if note:
-            notes.append(note)
+        notes.insert(0, f"median of {steps} steps after {warmup}; first step {first:.1f} s"
+                     + (" (compilation)" if option.compile else ""))
+        if count > 1:
+            notes.append(f"{count} replicates " + ("in one batched step" if option.batched
+                                                  else "stepped one after the other"))
         if device.type != "cuda" and hasattr(os, "getloadavg"):
             notes.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         if option.bf16 and device.type != "cuda":
@@ -303,8 +371,6 @@ def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device
         if option.channels_last and device.type != "cuda":
             notes.append("mirl_lib.training.loop uses channels_last on the CPU where "
                          "train.cpu_channels_last is set (the full tier)")
-        if replaced:
-            notes.append(f"{replaced} 1x1 convolutions as F.linear over channels")
         if device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, \
                 "torch.cuda.max_memory_allocated"
@@ -312,7 +378,41 @@ def measure(option: Option, template: PromptIR, mask: Mask, device: torch.device
             peak, kind = cpu_peak.peak_mb(), cpu_peak.kind
         return Measurement(statistics.median(times), peak, kind, "; ".join(notes))
     finally:
-        enforcer.remove()
+        for cleanup in cleanups:
+            cleanup()
+
+
+def forward_gflop(preset: str, batch: int, patch: int) -> float:
+    """GFLOPs of one forward pass of the ``preset`` network on a ``batch`` x 3 x ``patch`` x
+    ``patch`` batch (``torch.utils.flop_counter`` on the meta device: shapes only, no arithmetic)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        skeleton(PRESETS[preset])(torch.empty(batch, 3, patch, patch, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
+def complete_flops(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the FLOP columns filled where a row lacks them (rows measured before the
+    columns existed): the FLOPs are a function of preset, batch, patch and replicates."""
+    table = table.copy()
+    missing = table["gflop_per_step"].isna() & table["preset"].isin(list(PRESETS))
+    forward: dict[tuple, float] = {}
+    for i in table.index[missing]:
+        row = table.loc[i]
+        key = (str(row["preset"]), int(row["batch"]), int(row["patch"]))
+        if key not in forward:
+            forward[key] = forward_gflop(*key)
+        gflop = 3 * forward[key] * int(row["replicates"])
+        achieved = gflop / float(row["step_ms"])
+        peak = known_peak(str(row["device_name"]))
+        table.loc[i, ["gflop_per_step", "achieved_tflops", "peak_tflops", "peak_share"]] = [
+            round(gflop, 3), round(achieved, 5), peak, round(achieved / peak, 6)]
+    return table
+
+
+def known_peak(name: str) -> float:
+    """The dense bf16 tensor-core peak of a GPU named ``name`` (``KNOWN_PEAKS``), else NaN."""
+    return next((v for k, v in KNOWN_PEAKS.items() if k in name), float("nan"))
 
 
 def _release(option: Option, device: torch.device) -> None:
@@ -326,42 +426,54 @@ def _release(option: Option, device: torch.device) -> None:
 
 def run(options: list[Option], preset: str, device: torch.device, batch: int, patch: int,
         steps: int, warmup: int, log: Callable[[str], None] = print,
-        on_row: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
-    """One row per option (``COLUMNS``); a failing option gets empty figures and its error.
-
-    ``on_row`` gets the table so far after each option (to save partial results).
-    """
+        on_row: Callable[[pd.DataFrame], None] | None = None, replicates: tuple[int, ...] = (1,),
+        peak_tflops: float | None = None) -> pd.DataFrame:
+    """One row per option and replicate count (``COLUMNS``); a failing option gets empty figures
+    and its error. ``on_row`` gets the table so far after each row (to save partial results)."""
     template = build_model(preset, seed=0)
     mask = benchmark_mask(template)
+    forward = forward_gflop(preset, batch, patch)
+    peak = known_peak(device_name(device)) if peak_tflops is None else peak_tflops
     facts = {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
              "preset": preset, "parameters": count_parameters(template), "batch": batch,
-             "patch": patch, "threads": torch.get_num_threads()}
+             "patch": patch, "threads": torch.get_num_threads(), "peak_tflops": peak}
+    templates = [template, *(build_model(preset, seed=r) for r in range(1, max(replicates)))]
     rows = []
-    for option in options:
-        log(f"{option.name}: {warmup} warm-up + {steps} timed steps ...")
-        try:
-            got = measure(option, template, mask, device, batch, patch, steps, warmup)
-            row = {"option": option.name, "step_ms": round(got.step_ms, 2),
-                   "images_per_s": round(batch / got.step_ms * 1000, 2),
-                   "peak_mem_mb": round(got.peak_mem_mb, 1), "mem_kind": got.mem_kind,
-                   "note": got.note}
-        except Exception as exc:  # noqa: BLE001 - a failing option is a result, not a crash
-            row = {"option": option.name, "step_ms": float("nan"), "images_per_s": float("nan"),
-                   "peak_mem_mb": float("nan"), "mem_kind": "", "note": f"failed: {one_line(exc)}"}
-        finally:
-            _release(option, device)
-        rows.append({**facts, **row})
-        log(f"  {row['step_ms']} ms/step, {row['images_per_s']} images/s, "
-            f"{row['peak_mem_mb']} MB peak; {row['note']}")
-        if on_row is not None:
-            on_row(pd.DataFrame(rows, columns=list(COLUMNS)))
+    for count in replicates:
+        for option in options:
+            log(f"{option.name}, {count} replicate(s): {warmup} warm-up + {steps} timed steps ...")
+            gflop = 3 * forward * count
+            try:
+                got = measure(option, templates[:count], mask, device, batch, patch, steps,
+                              warmup)
+                achieved = gflop / got.step_ms  # GFLOP per ms = TFLOP/s
+                row = {"option": option.name, "replicates": count,
+                       "step_ms": round(got.step_ms, 2),
+                       "images_per_s": round(count * batch / got.step_ms * 1000, 2),
+                       "gflop_per_step": round(gflop, 3), "achieved_tflops": round(achieved, 5),
+                       "peak_share": round(achieved / peak, 6) if peak == peak else float("nan"),
+                       "peak_mem_mb": round(got.peak_mem_mb, 1), "mem_kind": got.mem_kind,
+                       "note": got.note}
+            except Exception as exc:  # noqa: BLE001 - a failing option is a result, not a crash
+                row = {"option": option.name, "replicates": count, "step_ms": float("nan"),
+                       "images_per_s": float("nan"), "gflop_per_step": round(gflop, 3),
+                       "achieved_tflops": float("nan"), "peak_share": float("nan"),
+                       "peak_mem_mb": float("nan"), "mem_kind": "",
+                       "note": f"failed: {one_line(exc)}"}
+            finally:
+                _release(option, device)
+            rows.append({**facts, **row})
+            log(f"  {row['step_ms']} ms/step, {row['images_per_s']} images/s, "
+                f"{row['achieved_tflops']} TFLOP/s, {row['peak_mem_mb']} MB peak; {row['note']}")
+            if on_row is not None:
+                on_row(pd.DataFrame(rows, columns=list(COLUMNS)))
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def merge(new: pd.DataFrame, path: Path) -> pd.DataFrame:
     """``new`` after the rows of ``path`` that do not share a ``RUN_KEY`` with it (other devices,
     presets, batches, patches, thread counts or options)."""
-    return merge_rows(new, path, RUN_KEY, COLUMNS, "train_throughput")
+    return complete_flops(merge_rows(new, path, RUN_KEY, COLUMNS, "train_throughput", LATER))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -381,6 +493,12 @@ def _parser() -> argparse.ArgumentParser:
                              f"{', '.join(DEFAULT_OPTIONS['cuda'])}; on the CPU: "
                              f"{', '.join(DEFAULT_OPTIONS['cpu'])})")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--replicates", default="1",
+                        help="comma-separated replicate counts to measure each option at "
+                             "(default: 1)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak in TFLOP/s for peak_share (default: a known "
+                             "GPU's dense bf16 tensor-core peak, else none)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to write")
     return parser
 
@@ -391,6 +509,19 @@ def _check(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be at least {low}")
     if args.patch % 8:
         raise ConfigError(f"--patch {args.patch}: must be a multiple of 8")
+    _replicates(args.replicates)
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise ConfigError(f"--peak-tflops {args.peak_tflops}: must be positive")
+
+
+def _replicates(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(dict.fromkeys(int(n) for n in text.split(",") if n.strip()))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--replicates {text!r}: must be positive integers, comma-separated")
+    return counts
 
 
 def _options(text: str | None, device: torch.device) -> list[Option]:
@@ -428,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
             print(text, file=sys.stderr, flush=True)
 
         table = run(options, preset, device, args.batch, args.patch, args.steps, args.warmup,
-                    log, on_row=save)
+                    log, on_row=save, replicates=_replicates(args.replicates),
+                    peak_tflops=args.peak_tflops)
     except KeyboardInterrupt:
         print(f"interrupted: the options measured so far are in {args.out}", file=sys.stderr)
         return 130
@@ -440,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({table['parameters'].iloc[0]:,} parameters), batch {args.batch}, patch {args.patch}, "
           f"{table['threads'].iloc[0]} threads; median of {args.steps} steps after {args.warmup}; "
           f"peak memory: {kinds[0] if kinds else 'n/a'}")
-    shown = ["option", "step_ms", "images_per_s", "peak_mem_mb", "note"]
+    shown = ["option", "replicates", "step_ms", "images_per_s", "achieved_tflops",
+             "peak_mem_mb", "note"]
     print(table[shown].to_string(index=False))
     print(f"wrote {args.out}")
     return 0

@@ -44,10 +44,13 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_of(args: argparse.Namespace) -> dict | None:
-    """The runtime settings the command line sets: ``train.gpus`` and the cluster options."""
+    """The runtime settings the command line sets: ``train.gpus``, ``train.batch_replicates``
+    and the cluster options."""
     out: dict = {}
     if getattr(args, "gpus", None) is not None:
         out["train"] = {"gpus": args.gpus}
+    if getattr(args, "batch_replicates", None) is not None:
+        out.setdefault("train", {})["batch_replicates"] = args.batch_replicates
     cluster = {key: getattr(args, key) for key in CLUSTER_FLAGS
                if getattr(args, key, None) is not None}
     if getattr(args, "sbatch", None):
@@ -119,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--gpus", type=int, default=None, metavar="N",
                        help="train every point under torchrun with N processes, one per GPU "
                             "(sets train.gpus; default: the params file's, one process)")
+    for p in (run_p, list_p, points_p):
+        p.add_argument("--batch-replicates", choices=("auto", "batched", "separate"),
+                       default=None,
+                       help="train the seeds of each point as one batched computation "
+                            "(sets train.batch_replicates; auto: on CUDA only)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops like Ctrl-C
     # a runner started in the background (`nohup ./run_all.sh &`) inherits an ignored SIGINT;

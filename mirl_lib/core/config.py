@@ -237,10 +237,17 @@ class TrainConfig(_Section):
     ``bf16`` and ``channels_last`` apply on CUDA; ``cpu_channels_last`` lays weights and batches
     out channels-last on the CPU too (faster there, see ``results/benchmarks/train_step.csv``,
     and float results differ slightly from the contiguous layout, so it is part of the identity).
+
+    ``batch_replicates`` (``auto``, ``batched``, ``separate``): whether the seeds of one point train together
+    as one batched computation (``mirl_lib.training.replicates``); ``auto`` batches on CUDA only
+    (on the CPU a batched step measured slower than separate ones,
+    ``results/benchmarks/train_throughput.csv``). A runtime setting: each replicate keeps its own
+    initialization, mask, data stream, optimizer state and files, and its floats differ from a
+    separate run's only in the last bits (grouped kernels), as under another thread count.
     """
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
-                                          "gpus")
+                                          "gpus", "batch_replicates")
     LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs", "ssim_weight",
                                         "cpu_channels_last", "psnr_weight")
 
@@ -264,8 +271,15 @@ class TrainConfig(_Section):
     ssim_weight: float = 0.0
     cpu_channels_last: bool = False
     psnr_weight: float = 0.0
+    batch_replicates: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.batch_replicates in ("auto", "batched", "separate"),
+                 "train.batch_replicates",
+                 f"{self.batch_replicates!r}: must be auto, batched or separate")
+        _require(self.batch_replicates != "batched" or self.gpus <= 1, "train.batch_replicates",
+                 f"batched: needs train.gpus <= 1 (batched replicates train in one process; "
+                 f"train.gpus is {self.gpus})")
         _require(self.psnr_weight >= 0, "train.psnr_weight", "must be >= 0 (0 = no PSNR term)")
         _require(self.batch_size > 0, "train.batch_size", "must be positive")
         _require(self.ssim_weight >= 0, "train.ssim_weight", "must be >= 0 (0 = L1 loss only)")
@@ -572,7 +586,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            hint = (" (YAML reads unquoted on/off/yes/no as true/false: quote the word)"
+                    if isinstance(value, bool) else "")
+            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
         return value
     raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
 

@@ -20,6 +20,7 @@ from mirl_lib.files.paths import (
 from mirl_lib.study.stage import Stage
 from mirl_lib.study.strategies import REGISTRY
 from mirl_lib.study.study import Study
+from mirl_lib.training.replicates import batching
 
 # The stages that train nothing: the data preview, the evaluation and the figures.
 DATA_STAGE, EVALUATE_STAGE, FIGURES_STAGE = "data", "evaluate", "figures"
@@ -31,8 +32,10 @@ def stage_list(study: Study) -> list[Stage]:
 
     With several seeds, every group of points is one stage per seed (``round_03_seed1``, with
     the notebook parameter ``seeds=[1]``): seeds are independent replicates, so their chains run
-    side by side with ``--jobs``. Listed group-major, so the trunk's stages of every seed come
-    before the branches (the scheduler's priority)."""
+    side by side with ``--jobs``. Where the study batches replicates
+    (``training.replicates.batching``: ``train.batch_replicates``), a group is one stage for all
+    seeds instead, whose seeds train as one batched computation. Listed group-major, so the
+    trunk's stages of every seed come before the branches (the scheduler's priority)."""
     groups: dict[str, Stage] = {}
     for strategy, rnd in study.points():
         spec = REGISTRY[strategy].stage(rnd)
@@ -42,7 +45,7 @@ def stage_list(study: Study) -> list[Stage]:
     seeds = study.cfg.study.seeds
     trained = [Stage(f"{g.name}_seed{seed}", g.notebook, {**g.parameters, "seeds": [seed]},
                      g.points, (seed,)) for g in groups.values() for seed in seeds
-               ] if len(seeds) > 1 else list(groups.values())
+               ] if len(seeds) > 1 and not batching(study.cfg.train) else list(groups.values())
     return [Stage(DATA_STAGE, DATA_PREVIEW_NOTEBOOK), *trained,
             Stage(EVALUATE_STAGE, EVALUATE_NOTEBOOK), Stage(FIGURES_STAGE, FIGURES_NOTEBOOK)]
 

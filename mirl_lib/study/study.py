@@ -56,8 +56,10 @@ from mirl_lib.pruning.collapse import collapse
 from mirl_lib.pruning.plan import plan_table
 from mirl_lib.study import strategies
 from mirl_lib.study.strategies import REGISTRY, PointContext, Schedule
+from mirl_lib.training import replicates
 from mirl_lib.training.launch import launch_distributed
 from mirl_lib.training.loop import TrainResult, train
+from mirl_lib.training.replicates import batching
 
 # Where a point's time goes, recorded in its point.json as ``phase_seconds`` (this attempt's wall
 # clock, in the point's process): the mask and starting weights, the training loop less its
@@ -163,7 +165,60 @@ class Study:
         """Run ``points`` for ``seeds`` (default: every seed of the study; seed-major, so each
         seed's chain runs in order); one record per point."""
         chosen = self.chosen_seeds(seeds)
+        if len(chosen) > 1 and batching(self.cfg.train):
+            records = {(rec["seed"], s, r): rec for s, r in points
+                       for rec in self.run_replicates(chosen, s, r)}
+            return pd.DataFrame([records[seed, s, r] for seed in chosen for s, r in points])
         return pd.DataFrame([self.run_point(seed, s, r) for seed in chosen for s, r in points])
+
+    def run_replicates(self, seeds: tuple[int, ...], strategy: str, rnd: int) -> list[dict]:
+        """Run one point for several ``seeds``, their trainings batched where their networks'
+        shapes and start steps agree (``mirl_lib.training.replicates``); one record per seed, in
+        ``seeds``' order. Finished seeds are only read; a lone seed runs as ``run_point`` does.
+        Each record adds ``batched_replicates`` (how many trained together) and its
+        ``phase_seconds`` give each replicate an equal share of the batch's training time."""
+        todo = [seed for seed in seeds if not self.is_done(seed, strategy, rnd)]
+        if len(todo) < 2:
+            return [self.run_point(seed, strategy, rnd) for seed in seeds]
+        for seed in todo:
+            PointContext(self, seed, REGISTRY[strategy], rnd,
+                         self.point_dir(seed, strategy, rnd)).check_ready()
+        self.prepare()
+        started = {seed: time.time() for seed in todo}
+        phases = {seed: dict.fromkeys(PHASES, 0.0) for seed in todo}
+        begun = {}
+        with _threads(self.cfg.train.threads):
+            for seed in todo:
+                self.point_dir(seed, strategy, rnd).mkdir(parents=True, exist_ok=True)
+                with _timed(phases[seed], "start"):
+                    begun[seed] = self.start(seed, strategy, rnd)
+            groups: dict[tuple, list[int]] = {}
+            for seed, (model, _, start_step, _) in begun.items():
+                groups.setdefault((start_step, replicates.signature(model)), []).append(seed)
+            results, sizes = {}, {}
+            for (start_step, _), group in groups.items():
+                t0 = time.perf_counter()
+                trained = replicates.train_replicates(
+                    [begun[s][0] for s in group], self.cfg.train,
+                    [build_train_source(self.cfg.data, s) for s in group],
+                    [self.point_dir(s, strategy, rnd) for s in group], seeds=list(group),
+                    masks=[begun[s][1] for s in group], start_step=start_step,
+                    snapshot_steps=REGISTRY[strategy].snapshot_steps(self.cfg),
+                    progress_desc=f"seeds {','.join(map(str, group))} {strategy} r{rnd}")
+                share = (time.perf_counter() - t0) / len(group)
+                for seed, result in zip(group, trained):
+                    results[seed], sizes[seed] = result, len(group)
+                    phases[seed]["train"] += share - result.checkpoint_seconds
+                    phases[seed]["checkpoints"] += result.checkpoint_seconds
+            records = {}
+            for seed in todo:
+                model, mask, _, extra = begun[seed]
+                records[seed] = self._finish(
+                    seed, strategy, rnd, self.point_dir(seed, strategy, rnd), model, mask,
+                    results[seed], started[seed], {**extra, "batched_replicates": sizes[seed]},
+                    phases[seed])
+        return [records[seed] if seed in records else self.run_point(seed, strategy, rnd)
+                for seed in seeds]
 
     def chosen_seeds(self, seeds: list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
         """``seeds`` (default: every seed of the study), refused where one is not the study's."""

@@ -65,7 +65,7 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class _Dist:
+class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -102,23 +102,23 @@ def resolve_steps(cfg: TrainConfig, epoch_size: int, log: bool = True) -> TrainC
     return resolved
 
 
-def _offset_factor(i: int, cfg: TrainConfig, offset: int) -> float:
+def offset_factor(i: int, cfg: TrainConfig, offset: int) -> float:
     return lr_factor(offset + i, cfg)
 
 
-def _init_distributed(device_name: str) -> _Dist:
+def _init_distributed(device_name: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist()
+        return Dist()
     created = not dist.is_initialized()
     if created:
         cuda = device_name != "cpu" and device_name != "mps" and torch.cuda.is_available()
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
                  created)
 
 
-def _train_device(name: str, ctx: _Dist) -> torch.device:
+def train_device(name: str, ctx: Dist) -> torch.device:
     device = resolve_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", ctx.local_rank if ctx.world_size > 1 else 0)
@@ -127,7 +127,7 @@ def _train_device(name: str, ctx: _Dist) -> torch.device:
     return device
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -135,7 +135,7 @@ def _rng_state() -> dict[str, Any]:
             "python": random.getstate()}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -145,19 +145,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
-def _run_identity(cfg: TrainConfig, seed: int, start_step: int) -> dict[str, Any]:
+def run_identity(cfg: TrainConfig, seed: int, start_step: int) -> dict[str, Any]:
     """What must not change when a run resumes from ``state.pt``: the seed, the start step and
     the training section's identity (``TrainConfig.identity()``, the run folder's notion too)."""
     return {"seed": seed, "start_step": start_step, **cfg.identity()}
 
 
-def _check_resumable(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
+def check_resumable(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
     saved = state.get("identity", {})
     for key, value in identity.items():
         old = saved.get(key)
@@ -167,15 +167,15 @@ def _check_resumable(path: Path, state: dict[str, Any], identity: dict[str, Any]
                                   f"{value!r}); delete it or use another output folder")
 
 
-def _history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "loss", "lr"])
 
 
-def _finished(model: PromptIR, out_dir: Path) -> TrainResult:
+def finished(model: PromptIR, out_dir: Path) -> TrainResult:
     """Stage skipping: load ``final.pt`` into ``model`` and return the recorded result."""
     meta = load_into(model, out_dir / FINAL_FILE)
     history_path = out_dir / HISTORY_FILE
-    history = pd.read_csv(history_path) if history_path.is_file() else _history_frame([])
+    history = pd.read_csv(history_path) if history_path.is_file() else history_frame([])
     return TrainResult(history, int(meta["final_step"]), float(meta["seconds"]))
 
 
@@ -204,7 +204,7 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     if (out_dir / FINAL_FILE).is_file():
-        return _finished(model, out_dir)
+        return finished(model, out_dir)
     threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -230,11 +230,11 @@ def set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> N
             param.data = param.data.contiguous(memory_format=memory_format)
 
 
-def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, ctx: _Dist, *,
+def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, ctx: Dist, *,
          seed: int, mask: dict[str, torch.Tensor] | None, start_step: int,
          snapshot_steps: tuple[int, ...], progress_desc: str, stop_after: int | None
          ) -> TrainResult:
-    device = _train_device(cfg.device, ctx)
+    device = train_device(cfg.device, ctx)
     cuda = device.type == "cuda"
     channels_last = cfg.channels_last if cuda else cfg.cpu_channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -247,23 +247,23 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         enforcer = MaskEnforcer(model, {k: v.to(device) for k, v in mask.items()})
     optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                       weight_decay=cfg.weight_decay)
-    scheduler = LambdaLR(optimizer, partial(_offset_factor, cfg=cfg, offset=start_step))
-    identity = _run_identity(cfg, seed, start_step)
+    scheduler = LambdaLR(optimizer, partial(offset_factor, cfg=cfg, offset=start_step))
+    identity = run_identity(cfg, seed, start_step)
     state_path = out_dir / STATE_FILE
     done, history, seconds, loss_sum, loss_count = start_step, [], 0.0, 0.0, 0
     if state_path.is_file():
         state = load_tensors(state_path)
-        _check_resumable(state_path, state, identity)
+        check_resumable(state_path, state, identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         done, history, seconds = state["step"], list(state["history"]), state["seconds"]
         loss_sum, loss_count = state["loss_sum"], state["loss_count"]
         if ctx.rank == 0:
             print(f"resuming at step {done} of {cfg.steps} from {state_path}", flush=True)
     else:
-        _seed_all(seed)
+        seed_all(seed)
     net = (DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
                                    static_graph=True)
            if ctx.world_size > 1 else model)
@@ -281,7 +281,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         t0 = time.perf_counter()
         atomic_torch_save({"identity": identity, "model": cpu_state_dict(model),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "rng": _rng_state(), "step": done, "history": history,
+                           "rng": rng_state(), "step": done, "history": history,
                            "seconds": seconds + time.perf_counter() - started,
                            "loss_sum": running.item(), "loss_count": loss_count}, state_path)
         writing += time.perf_counter() - t0
@@ -336,7 +336,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         if enforcer is not None:
             enforcer.remove()
     seconds += time.perf_counter() - started
-    frame = _history_frame(history)
+    frame = history_frame(history)
     if writer and done == cfg.steps:
         t0 = time.perf_counter()
         atomic_write_text(frame.to_csv(index=False), out_dir / HISTORY_FILE)

@@ -90,14 +90,45 @@ def test_the_mask_is_kept(bench: ModuleType) -> None:
     mask = bench.benchmark_mask(model)
     kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
     assert kept == pytest.approx(bench.DENSITY, abs=0.01)
-    got = bench.measure(bench.Option("fp32"), model, mask, torch.device("cpu"), 2, 16, 1, 1)
-    assert got.step_ms > 0
+    for option in (bench.Option("fp32"), bench.Option("batched", batched=True)):
+        got = bench.measure(option, [model, bench.build_model("tiny", seed=1)], mask,
+                            torch.device("cpu"), 2, 16, 1, 1)
+        assert got.step_ms > 0 and "2 replicates" in got.note
+
+
+def test_replicate_rows_and_rows_written_before_the_column(bench: ModuleType, tmp_path: Path,
+                                                          one_thread: None) -> None:
+    """Each option at each replicate count; a committed row without ``replicates`` stands for
+    one training, and a rerun at 1 replicate replaces it."""
+    out = tmp_path / "throughput.csv"
+    cpu = {"device": "cpu", "device_name": device_name(torch.device("cpu")), "torch": "2.0",
+           "preset": "tiny", "parameters": 1, "batch": 2, "patch": 32, "option": "fp32",
+           "step_ms": 1.0, "images_per_s": 2000.0, "peak_mem_mb": 10.0, "mem_kind": "",
+           "threads": 1, "note": "old"}
+    pd.DataFrame([cpu, {**cpu, "option": "bf16"}]).to_csv(out, index=False)
+    assert bench.main(tiny_run(out, "--options", "fp32,batched", "--replicates", "1,3")) == 0
+    table = pd.read_csv(out, keep_default_na=False, na_values=[""])
+    assert list(table["option"]) == ["bf16", "fp32", "batched", "fp32", "batched"]
+    assert list(table["replicates"]) == [1, 1, 1, 3, 3]
+    new = table.iloc[1:]
+    forward = bench.forward_gflop("tiny", 2, 32)
+    for row in new.itertuples():
+        assert row.images_per_s == pytest.approx(2 * row.replicates / row.step_ms * 1000, rel=0.01)
+        assert row.gflop_per_step == pytest.approx(3 * forward * row.replicates, rel=1e-3)
+        assert row.achieved_tflops == pytest.approx(row.gflop_per_step / row.step_ms, rel=0.01)
+        assert math.isnan(row.peak_share)  # no known peak for this CPU
+    assert table["gflop_per_step"].iloc[0] == pytest.approx(3 * forward, rel=1e-3)  # filled in
+    assert "3 replicates in one batched step" in new["note"].iloc[3]
+    assert "3 replicates stepped one after the other" in new["note"].iloc[2]
+    assert bench.known_peak("NVIDIA H200") == 989.4 and math.isnan(bench.known_peak("AMD EPYC"))
 
 
 @pytest.mark.parametrize("argv, problem", [
     (["--options", "fp32,turbo"], "unknown option(s) ['turbo']"),
     (["--patch", "20"], "--patch 20: must be a multiple of 8"),
     (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--replicates", "1,x"], "--replicates '1,x': must be positive integers"),
+    (["--peak-tflops", "0"], "--peak-tflops 0.0: must be positive"),
 ])
 def test_bad_arguments_are_one_line(bench: ModuleType, tmp_path: Path, argv: list[str],
                                     problem: str, capsys: pytest.CaptureFixture[str]) -> None:
