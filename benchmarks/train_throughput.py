@@ -16,7 +16,8 @@ the model; the first step's time, compilation included, goes to the note), the C
 convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_lib.training``), and
 ``batched`` (the step of ``mirl_lib.training.replicates``: every replicate's parameters stacked,
 one ``vmap`` of the network over them, the losses' sum differentiated, one AdamW over the stacked
-tensors; fp32, contiguous). ``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU,
+tensors; contiguous layout), ``bf16+batched`` the same under bf16 autocast (as
+``mirl_lib.training.replicates`` trains on CUDA). ``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU,
 and why.
 
 Replicates (``--replicates 1,4,10``): each option is measured for that many trainings of the
@@ -124,6 +125,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("fp32+fused_adamw", fused_adamw=True),
     Option("channels_last+gemm_pointwise", channels_last=True, gemm_pointwise=True),
     Option("batched", batched=True),
+    Option("bf16+batched", bf16=True, batched=True),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 # Measured unless --options says otherwise. On CUDA: the training path of mirl_lib.train
@@ -136,7 +138,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 # with --options to measure them.
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
-             "bf16+channels_last+fused_adamw", "batched", "bf16+channels_last+compile"),
+             "bf16+channels_last+fused_adamw", "bf16+batched", "bf16+channels_last+compile"),
     "cpu": ("fp32", "channels_last", "fp32+fused_adamw", "channels_last+gemm_pointwise",
             "batched"),
 }
@@ -317,7 +319,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
             cfg = TrainConfig(device=device.type)
 
             def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                losses = stacked.losses(x, y, cfg)
+                losses = stacked.losses(x, y, cfg, autocast=option.bf16)
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 optimizer.step()
