@@ -102,6 +102,18 @@ def resolve_steps(cfg: TrainConfig, epoch_size: int, log: bool = True) -> TrainC
     return resolved
 
 
+def steps_for(cfg: TrainConfig, source: BatchSource) -> TrainConfig:
+    """``cfg`` with its steps derived from ``source.epoch_size`` (``resolve_steps``, logged on
+    rank 0) when it is given in epochs and not resolved yet; else ``cfg`` itself."""
+    if not cfg.epochs or cfg.steps:
+        return cfg
+    size = getattr(source, "epoch_size", None)
+    if size is None:
+        raise ConfigError(f"train.epochs={cfg.epochs}: this data source does not know its "
+                          f"epoch size; pass resolve_steps(cfg, epoch_size) instead")
+    return resolve_steps(cfg, size, log=os.environ.get("RANK", "0") == "0")
+
+
 def offset_factor(i: int, cfg: TrainConfig, offset: int) -> float:
     return lr_factor(offset + i, cfg)
 
@@ -195,12 +207,7 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
     config (``train_config``) and the epoch size.
     """
     out_dir = Path(out_dir)
-    if cfg.epochs and not cfg.steps:
-        size = getattr(source, "epoch_size", None)
-        if size is None:
-            raise ConfigError(f"train.epochs={cfg.epochs}: this data source does not know its "
-                              f"epoch size; pass resolve_steps(cfg, epoch_size) instead")
-        cfg = resolve_steps(cfg, size, log=os.environ.get("RANK", "0") == "0")
+    cfg = steps_for(cfg, source)
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     if (out_dir / FINAL_FILE).is_file():

@@ -171,10 +171,9 @@ def train_replicates(models: list[nn.Module], cfg: TrainConfig, sources: list[Ba
                           "lists of one length")
     if cfg.gpus > 1:
         raise ConfigError(f"train.gpus={cfg.gpus}: batched replicates train in one process")
-    cfgs = {i: _resolved(cfg, source) for i, source in enumerate(sources)}
-    if len({c.steps for c in cfgs.values()}) != 1:
-        raise ConfigError("train_replicates: the replicates' data give different step counts")
-    cfg = cfgs[0]
+    if len({getattr(source, "epoch_size", None) for source in sources}) != 1:
+        raise ConfigError("train_replicates: the replicates' data differ in epoch size")
+    cfg = loop.steps_for(cfg, sources[0])
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     out_dirs = [Path(d) for d in out_dirs]
@@ -211,16 +210,6 @@ def train_replicates(models: list[nn.Module], cfg: TrainConfig, sources: list[Ba
         for i, result in zip(group, trained):
             results[i] = result
     return results  # type: ignore[return-value]
-
-
-def _resolved(cfg: TrainConfig, source: BatchSource) -> TrainConfig:
-    if cfg.epochs and not cfg.steps:
-        size = getattr(source, "epoch_size", None)
-        if size is None:
-            raise ConfigError(f"train.epochs={cfg.epochs}: this data source does not know its "
-                              f"epoch size; pass resolve_steps(cfg, epoch_size) instead")
-        return loop.resolve_steps(cfg, size)
-    return cfg
 
 
 def _run(models: list[nn.Module], cfg: TrainConfig, sources: list[BatchSource],
