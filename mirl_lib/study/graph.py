@@ -43,9 +43,10 @@ def stage_list(study: Study) -> list[Stage]:
         groups[spec.name] = Stage(stage.name, stage.notebook, stage.parameters,
                                   (*stage.points, (strategy, rnd)))
     seeds = study.cfg.study.seeds
+    per_seed = len(seeds) > 1 and not batching(study.cfg.train, study.cfg.cluster.executor)
     trained = [Stage(f"{g.name}_seed{seed}", g.notebook, {**g.parameters, "seeds": [seed]},
                      g.points, (seed,)) for g in groups.values() for seed in seeds
-               ] if len(seeds) > 1 and not batching(study.cfg.train) else list(groups.values())
+               ] if per_seed else list(groups.values())
     return [Stage(DATA_STAGE, DATA_PREVIEW_NOTEBOOK), *trained,
             Stage(EVALUATE_STAGE, EVALUATE_NOTEBOOK), Stage(FIGURES_STAGE, FIGURES_NOTEBOOK)]
 

@@ -165,7 +165,7 @@ class Study:
         """Run ``points`` for ``seeds`` (default: every seed of the study; seed-major, so each
         seed's chain runs in order); one record per point."""
         chosen = self.chosen_seeds(seeds)
-        if len(chosen) > 1 and batching(self.cfg.train):
+        if len(chosen) > 1 and batching(self.cfg.train, self.cfg.cluster.executor):
             records = {(rec["seed"], s, r): rec for s, r in points
                        for rec in self.run_replicates(chosen, s, r)}
             return pd.DataFrame([records[seed, s, r] for seed in chosen for s, r in points])

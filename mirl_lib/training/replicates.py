@@ -18,9 +18,9 @@ as the same group (a group of another size runs other kernels: the last bits dif
 stacked tensors are 5-D); floats differ from a separate run's in the last bits, as under another
 thread count, which is why ``train.batch_replicates`` is a runtime setting.
 
-``batching(cfg)`` says whether the study batches: ``train.batch_replicates`` ``batched``,
-``separate``, or ``auto`` (batched on CUDA only: on the CPU a batched step measured slower than
-separate ones, see ``results/benchmarks/train_throughput.csv``).
+``batching(cfg, executor)`` says whether the study batches: ``train.batch_replicates``
+``batched``, ``separate``, or ``auto`` (batched on CUDA with the local executor only: on the CPU a
+batched step measured slower than separate ones, see ``results/benchmarks/train_throughput.csv``).
 """
 from __future__ import annotations
 
@@ -53,11 +53,14 @@ from mirl_lib.training.losses import restoration_loss
 Mask = dict[str, torch.Tensor]
 
 
-def batching(cfg: TrainConfig) -> bool:
+def batching(cfg: TrainConfig, executor: str = "local") -> bool:
     """Whether the seeds of a point train as batched replicates under ``cfg``: ``batched``,
-    ``separate``, or ``auto`` (on CUDA, and never under ``torchrun``)."""
+    ``separate``, or ``auto``: on CUDA with the local executor (one machine, whose GPU one small
+    training cannot fill), not under ``torchrun`` and not on a Slurm cluster (whose stages spread
+    the seeds over its GPUs)."""
     if cfg.batch_replicates == "auto":
-        return cfg.gpus <= 1 and resolve_device(cfg.device).type == "cuda"
+        return (cfg.gpus <= 1 and executor == "local"
+                and resolve_device(cfg.device).type == "cuda")
     return cfg.batch_replicates == "batched"
 
 
