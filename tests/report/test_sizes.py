@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from mirl_lib.core.config import load_config
 from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
 from mirl_lib.files.paths import BENCHMARK_RESULTS, CHECKOUT, TICKET_SPEED_FILE
 from mirl_lib.report.comparisons import interval, ordered
@@ -16,6 +17,7 @@ from mirl_lib.report.sizes import (
 )
 
 FULL = CHECKOUT / "results" / "full"
+PARAMS = CHECKOUT / "params"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,9 @@ def test_the_committed_full_tier_gives_its_networks_with_the_committed_intervals
     dense = psnr[(psnr["b"] == DENSE) & (psnr["round"] == 12)].iloc[0]
     assert rows.at[DENSE, "test_vs_ticket"] == interval(dense)
     assert rows.at[DENSE, "remaining_all"] == 1.0 and rows.at[TRUNK, "test_vs_ticket"] == ""
-    assert rows.at[DENSE, "seeds"] == 3
-    assert abs(rows.at[TRUNK, "test_psnr"] - dense.mean_a) < 1e-9  # 3 seeds x 3 photos, complete
+    seeds = metrics["seed"].nunique()  # every seed of the committed tier trained every network
+    assert rows.at[DENSE, "seeds"] == seeds == len(load_config(PARAMS / "full.yaml").study.seeds)
+    assert abs(rows.at[TRUNK, "test_psnr"] - dense.mean_a) < 1e-9  # seeds x 3 photos, complete
     # held-out photos: another table, other numbers
     assert rows.at[DENSE, "heldout_vs_ticket"] not in ("", rows.at[DENSE, "test_vs_ticket"])
     # speed: the benchmark's rows for those networks at round 12; none for a control it skips
@@ -60,7 +63,8 @@ def test_the_block_is_a_table_with_a_row_per_network_and_a_note(full) -> None:
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + len(size_table(metrics, heldout, speed))
     assert "| unstructured ticket | 9.7% |" in block and "(4.61x)" in block
-    assert lines[-1].startswith("- All-in-one PSNR in dB, mean ± sd over 3 seeds")
+    assert lines[-1].startswith(
+        f"- All-in-one PSNR in dB, mean ± sd over {metrics['seed'].nunique()} seeds")
 
 
 def test_pairs_other_than_the_tickets_get_one_line_each() -> None:
