@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-replicates", choices=("auto", "batched", "separate"),
                        default=None,
                        help="train the seeds of each point as one batched computation "
-                            "(sets train.batch_replicates; auto: on CUDA only)")
+                            "(sets train.batch_replicates; auto: on CUDA with the local "
+                            "executor only)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops like Ctrl-C
     # a runner started in the background (`nohup ./run_all.sh &`) inherits an ignored SIGINT;

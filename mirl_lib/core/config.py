@@ -238,10 +238,10 @@ class TrainConfig(_Section):
     out channels-last on the CPU too (faster there, see ``results/benchmarks/train_step.csv``,
     and float results differ slightly from the contiguous layout, so it is part of the identity).
 
-    ``batch_replicates`` (``auto``, ``batched``, ``separate``): whether the seeds of one point train together
-    as one batched computation (``mirl_lib.training.replicates``); ``auto`` batches on CUDA only
-    (on the CPU a batched step measured slower than separate ones,
-    ``results/benchmarks/train_throughput.csv``). A runtime setting: each replicate keeps its own
+    ``batch_replicates`` (``auto``, ``batched``, ``separate``): whether the seeds of one point
+    train together as one batched computation (``mirl_lib.training.replicates``); ``auto``
+    batches on CUDA with the local executor only (``replicates.batching``; on the CPU a batched
+    step measured slower than separate ones, ``results/benchmarks/train_throughput.csv``). A runtime setting: each replicate keeps its own
     initialization, mask, data stream, optimizer state and files, and its floats differ from a
     separate run's only in the last bits (grouped kernels), as under another thread count.
     """

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,3 +72,16 @@ def arithmetic(device: torch.device, threads: int) -> dict[str, str | int]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": int(threads),
             "kernel_env": " ".join(f"{name}={os.environ[name]}" for name in KERNEL_ENV
                                    if name in os.environ)}
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Use ``count`` torch threads inside the block (0 = leave as is); the count before is
+    restored on the way out."""
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -8,6 +8,7 @@ import copy
 import torch
 from torch import nn
 
+from mirl_lib.core.device import torch_threads
 from mirl_lib.pruning.masks import Mask, check_fits
 
 
@@ -83,16 +84,11 @@ def _path_cut(model: nn.Module, mask: Mask, side: int, probes: int, seed: int) -
     fast = probe if exact else copy.deepcopy(probe)  # keep float64 weights for the confirmation
     # The probes are a few small images: on CPU one thread is as fast as several, and several
     # stall badly on a busy machine (float64 grouped convolutions run one small op per group).
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if device.type == "cpu" else 0):
         verdict = _input_gradient_is_zero(fast.float(), side, probes, seed, device, torch.float32)
         if verdict is not False and device.type != "mps":  # MPS has no float64
             verdict = _input_gradient_is_zero(probe.double(), side, probes, seed, device,
                                               torch.float64)
-    finally:
-        torch.set_num_threads(threads)
     if verdict is None:
         raise ValueError("collapse: the masked model gives non-finite gradients on the probes")
     return verdict

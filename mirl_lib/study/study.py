@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from mirl_lib.core.config import Config, config_from_dict, identity_changes, load_config, read_yaml
-from mirl_lib.core.device import arithmetic, resolve_device
+from mirl_lib.core.device import arithmetic, resolve_device, torch_threads
 from mirl_lib.core.errors import ConfigError
 from mirl_lib.data.heldout import load_heldout_set
 from mirl_lib.data.stream import build_train_source
@@ -59,7 +59,6 @@ from mirl_lib.study.strategies import REGISTRY, PointContext, Schedule
 from mirl_lib.training import replicates
 from mirl_lib.training.launch import launch_distributed
 from mirl_lib.training.loop import TrainResult, train
-from mirl_lib.training.replicates import batching
 
 # Where a point's time goes, recorded in its point.json as ``phase_seconds`` (this attempt's wall
 # clock, in the point's process): the mask and starting weights, the training loop less its
@@ -165,7 +164,7 @@ class Study:
         """Run ``points`` for ``seeds`` (default: every seed of the study; seed-major, so each
         seed's chain runs in order); one record per point."""
         chosen = self.chosen_seeds(seeds)
-        if len(chosen) > 1 and batching(self.cfg.train, self.cfg.cluster.executor):
+        if len(chosen) > 1 and replicates.batching(self.cfg.train, self.cfg.cluster.executor):
             records = {(rec["seed"], s, r): rec for s, r in points
                        for rec in self.run_replicates(chosen, s, r)}
             return pd.DataFrame([records[seed, s, r] for seed in chosen for s, r in points])
@@ -187,7 +186,7 @@ class Study:
         started = {seed: time.time() for seed in todo}
         phases = {seed: dict.fromkeys(PHASES, 0.0) for seed in todo}
         begun = {}
-        with _threads(self.cfg.train.threads):
+        with torch_threads(self.cfg.train.threads):
             for seed in todo:
                 self.point_dir(seed, strategy, rnd).mkdir(parents=True, exist_ok=True)
                 with _timed(phases[seed], "start"):
@@ -244,7 +243,7 @@ class Study:
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
         phases = dict.fromkeys(PHASES, 0.0)
-        with _threads(self.cfg.train.threads):  # evaluation too, not only training
+        with torch_threads(self.cfg.train.threads):  # evaluation too, not only training
             if self.cfg.train.gpus > 1 and not (folder / FINAL_FILE).exists():
                 with _timed(phases, "start"):  # mask.pt (and init.pt) before the ranks read them
                     self.start(seed, strategy, rnd)
@@ -399,18 +398,6 @@ def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
         yield
     finally:
         phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t0
-
-
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """Use ``count`` torch threads inside the block (0 = leave as is)."""
-    before = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def open_study(params_file: str | Path, results_root: str | Path,

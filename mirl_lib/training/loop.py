@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,7 +41,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from mirl_lib.core.config import TrainConfig
-from mirl_lib.core.device import resolve_device
+from mirl_lib.core.device import resolve_device, torch_threads
 from mirl_lib.core.errors import CheckpointError, ConfigError
 from mirl_lib.data.stream import BatchSource, step_batches
 from mirl_lib.files.atomic import atomic_write_text
@@ -112,6 +113,20 @@ def steps_for(cfg: TrainConfig, source: BatchSource) -> TrainConfig:
         raise ConfigError(f"train.epochs={cfg.epochs}: this data source does not know its "
                           f"epoch size; pass resolve_steps(cfg, epoch_size) instead")
     return resolve_steps(cfg, size, log=os.environ.get("RANK", "0") == "0")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, loss: torch.Tensor,
+                   clip: Callable[[], object] | None = None) -> float:
+    """One update from ``loss``: zero the gradients, backpropagate, ``clip`` them (when given),
+    step the optimizer and the schedule; returns the learning rate the update used."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        clip()
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    return lr
 
 
 def offset_factor(i: int, cfg: TrainConfig, offset: int) -> float:
@@ -212,21 +227,18 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     if (out_dir / FINAL_FILE).is_file():
         return finished(model, out_dir)
-    threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    ctx = _init_distributed(cfg.device)
-    try:
-        if cfg.batch_size % ctx.world_size:
-            raise ConfigError(f"train.batch_size={cfg.batch_size}: not divisible by the "
-                              f"{ctx.world_size} distributed ranks")
-        return _run(model, cfg, source, out_dir, ctx, seed=seed, mask=mask, start_step=start_step,
-                    snapshot_steps=snapshot_steps, progress_desc=progress_desc,
-                    stop_after=stop_after)
-    finally:
-        torch.set_num_threads(threads)
-        if ctx.created:
-            dist.destroy_process_group()
+    with torch_threads(cfg.threads):
+        ctx = _init_distributed(cfg.device)
+        try:
+            if cfg.batch_size % ctx.world_size:
+                raise ConfigError(f"train.batch_size={cfg.batch_size}: not divisible by the "
+                                  f"{ctx.world_size} distributed ranks")
+            return _run(model, cfg, source, out_dir, ctx, seed=seed, mask=mask,
+                        start_step=start_step, snapshot_steps=snapshot_steps,
+                        progress_desc=progress_desc, stop_after=stop_after)
+        finally:
+            if ctx.created:
+                dist.destroy_process_group()
 
 
 def set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
@@ -301,6 +313,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
             save_weights(model, path, {"step": done, "seed": seed})
             writing += time.perf_counter() - t0
 
+    clip = ((lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            if cfg.grad_clip > 0 else None)
     bar = tqdm(total=cfg.steps, initial=done, desc=progress_desc, disable=not writer,
                dynamic_ncols=True)
     try:
@@ -312,13 +326,7 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
                 restored = net(degraded)
             loss = restoration_loss(restored.float(), clean, cfg.ssim_weight, cfg.psnr_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            lr = optimizer_step(optimizer, scheduler, loss, clip)
             done += 1
             running += loss.detach()
             loss_count += 1

@@ -14,9 +14,10 @@ batched training resumes batched or alone, and a separate one batched), ``weight
 ``history.csv`` and ``final.pt`` (its metadata adds ``batched_replicates``). Replicates whose
 saved states stand at different steps train in groups of equal step; a group of one trains in
 ``mirl_lib.training.loop.train`` itself. An interrupted group resumes bit for bit when it resumes
-as the same group (a group of another size runs other kernels: the last bits differ). The weights are not laid out channels-last here (the
-stacked tensors are 5-D); floats differ from a separate run's in the last bits, as under another
-thread count, which is why ``train.batch_replicates`` is a runtime setting.
+as the same group (a group of another size runs other kernels: the last bits differ). The
+weights are not laid out channels-last here (the stacked tensors are 5-D); floats differ from a
+separate run's in the last bits, as under another thread count, which is why
+``train.batch_replicates`` is a runtime setting.
 
 ``batching(cfg, executor)`` says whether the study batches: ``train.batch_replicates``
 ``batched``, ``separate``, or ``auto`` (batched on CUDA with the local executor only: on the CPU a
@@ -39,7 +40,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from mirl_lib.core.config import TrainConfig
-from mirl_lib.core.device import resolve_device
+from mirl_lib.core.device import resolve_device, torch_threads
 from mirl_lib.core.errors import ConfigError
 from mirl_lib.data.stream import BatchSource, step_batches
 from mirl_lib.files.atomic import atomic_write_text
@@ -199,17 +200,12 @@ def train_replicates(models: list[nn.Module], cfg: TrainConfig, sources: list[Ba
                                     snapshot_steps=snapshot_steps, progress_desc=progress_desc,
                                     stop_after=stop_after)
             continue
-        threads = torch.get_num_threads()
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        try:
+        with torch_threads(cfg.threads):
             trained = _run([models[i] for i in group], cfg, [sources[i] for i in group],
                            [out_dirs[i] for i in group], seeds=[seeds[i] for i in group],
                            masks=[masks[i] for i in group], states=[states[i] for i in group],
                            start_step=start_step, snapshot_steps=snapshot_steps,
                            progress_desc=progress_desc, stop_after=stop_after)
-        finally:
-            torch.set_num_threads(threads)
         for i, result in zip(group, trained):
             results[i] = result
     return results  # type: ignore[return-value]
@@ -285,6 +281,7 @@ def _run(models: list[nn.Module], cfg: TrainConfig, sources: list[BatchSource],
                 save_weights(batch.write_into(i, model), path, {"step": done, "seed": seeds[i]})
         writing += time.perf_counter() - t0
 
+    clip = (lambda: batch.clip_grad_norm_(cfg.grad_clip)) if cfg.grad_clip > 0 else None
     bar = tqdm(total=cfg.steps, initial=done, dynamic_ncols=True,
                desc=f"{progress_desc} ({count} replicates)")
     try:
@@ -293,13 +290,7 @@ def _run(models: list[nn.Module], cfg: TrainConfig, sources: list[BatchSource],
             degraded = torch.stack([item[0] for item in items]).to(device, non_blocking=True)
             clean = torch.stack([item[1] for item in items]).to(device, non_blocking=True)
             losses = batch.losses(degraded, clean, cfg, autocast=cuda and cfg.bf16)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            if cfg.grad_clip > 0:
-                batch.clip_grad_norm_(cfg.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            lr = loop.optimizer_step(optimizer, scheduler, losses.sum(), clip)
             done += 1
             running += losses.detach()
             loss_count += 1
