@@ -6,7 +6,8 @@
 # moves a stage's outputs aside and runs it again (`python -m mirl_lib stages list PARAMS` names them).
 # --gpus N trains every point under torchrun with N processes (one per GPU); one GPU needs nothing.
 # --batch-replicates batched trains the seeds of each point together (the default, auto, does so
-# on CUDA with the local executor only: on the CPU it measured slower).
+# on CUDA with the local executor and train.step_graph: eager only: on the CPU it measured slower,
+# and on a GPU slower than separate steps captured in CUDA graphs).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh

@@ -9,7 +9,8 @@ and the images each one sees (120 epochs of the published mixture), and writes
 
     python benchmarks/gpu_hours.py [--throughput CSV] [--params params/paper.yaml] [--option NAME]
 
-Training only: evaluation, checkpointing and data loading stalls are not counted (the data loader
+Rows with several ``replicates`` count the images of all of them (several seeds trained at once
+on one GPU). Training only: evaluation, checkpointing and data loading stalls are not counted (the data loader
 benchmark shows the loader is not the bottleneck). One epoch of the published mixture, as the
 paper states its data: 3 sigmas x 3 repeats x (WED 4,744 + BSD400 400) clean images,
 Rain100L 200 pairs x 120 repeats, and 72,135 OTS pairs.
@@ -48,7 +49,8 @@ def estimate(throughput: pd.DataFrame, params: Path, option: str | None) -> pd.D
     if rows.empty:
         raise SystemExit("no CUDA rows for the preset in the throughput CSV: run "
                          "benchmarks/train_throughput.py on a GPU first")
-    out = rows[["device_name", "option", "images_per_s"]].copy()
+    out = rows[["device_name", "option", "replicates", "images_per_s"]].copy()
+    out["replicates"] = out["replicates"].fillna(1).astype(int)  # images/s over all replicates
     out["trainings"] = trainings
     out["steps_per_training"] = steps
     out["images_per_training"] = images

@@ -17,7 +17,10 @@ convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_l
 ``batched`` (the step of ``mirl_lib.training.replicates``: every replicate's parameters stacked,
 one ``vmap`` of the network over them, the losses' sum differentiated, one AdamW over the stacked
 tensors; contiguous layout), ``bf16+batched`` the same under bf16 autocast (as
-``mirl_lib.training.replicates`` trains on CUDA). ``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU,
+``mirl_lib.training.replicates`` trains on CUDA), and ``+cuda_graph`` (``fp32``,
+``bf16+channels_last``, ``bf16+batched``): the step captured once in a CUDA graph and replayed
+(``mirl_lib.training.graphed.GraphedStep``, capturable AdamW, as ``mirl_lib.training.loop`` runs
+on CUDA under ``train.step_graph: auto``; CUDA only). ``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU,
 and why.
 
 Replicates (``--replicates 1,4,10``): each option is measured for that many trainings of the
@@ -80,6 +83,7 @@ from mirl_lib.net.promptir import PromptIR, build_model, count_parameters  # noq
 from mirl_lib.net.sizing import skeleton  # noqa: E402
 from mirl_lib.pruning.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
 from mirl_lib.pruning.rules import random_mask  # noqa: E402
+from mirl_lib.training.graphed import GraphedStep  # noqa: E402
 from mirl_lib.training.loop import set_memory_format  # noqa: E402
 from mirl_lib.training.replicates import Replicates  # noqa: E402
 
@@ -112,6 +116,7 @@ class Option:
     fused_adamw: bool = False
     gemm_pointwise: bool = False
     batched: bool = False
+    graph: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -126,19 +131,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("channels_last+gemm_pointwise", channels_last=True, gemm_pointwise=True),
     Option("batched", batched=True),
     Option("bf16+batched", bf16=True, batched=True),
+    Option("fp32+cuda_graph", graph=True),
+    Option("bf16+channels_last+cuda_graph", bf16=True, channels_last=True, graph=True),
+    Option("bf16+batched+cuda_graph", bf16=True, batched=True, graph=True),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 # Measured unless --options says otherwise. On CUDA: the training path of mirl_lib.train
 # (bf16+channels_last) and the steps towards it, then fused AdamW and torch.compile on top of it
 # (compile last: it takes longest, and the rows before it are already written). On the CPU, where
-# mirl_lib.training.loop runs fp32: channels_last and fused AdamW on top of fp32. Left out on the CPU:
-# bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than fp32 on
+# mirl_lib.training.loop runs fp32: channels_last and fused AdamW on top of fp32. Left out on the
+# CPU: bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than fp32 on
 # the 2-core AVX2 machine of this repository; its row is in the committed CSV), and torch.compile,
 # whose C++ build of even the tiny preset took 11 minutes there (then 1.7x faster steps). Name them
 # with --options to measure them.
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
-             "bf16+channels_last+fused_adamw", "bf16+batched", "bf16+channels_last+compile"),
+             "bf16+channels_last+fused_adamw", "fp32+cuda_graph", "bf16+channels_last+cuda_graph",
+             "bf16+batched", "bf16+channels_last+compile"),
     "cpu": ("fp32", "channels_last", "fp32+fused_adamw", "channels_last+gemm_pointwise",
             "batched"),
 }
@@ -252,14 +261,37 @@ def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
     detached loss (no host synchronization)."""
     net = torch.compile(model) if option.compile else model
 
-    def step(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=option.bf16):
+    def body(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=option.bf16,
+                            cache_enabled=not option.graph):
             restored = net(degraded)
         loss = F.l1_loss(restored.float(), clean)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
+
+    def step(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        return body(degraded, clean)
+
+    return graph_step(body, optimizer, option, device) or step
+
+
+def graph_step(body: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
+               option: Option, device: torch.device
+               ) -> Callable[..., torch.Tensor] | None:
+    """``body`` (a step without zeroing the gradients) captured in a CUDA graph on its first
+    call after the graph's own warmup (``GraphedStep``); None unless ``option.graph``."""
+    if not option.graph:
+        return None
+    if device.type != "cuda":
+        raise RuntimeError("a CUDA graph needs a CUDA device")
+    graphed: list[GraphedStep] = []
+
+    def step(*batch: torch.Tensor) -> torch.Tensor:
+        if not graphed:
+            graphed.append(GraphedStep(body, optimizer, batch))
+        return graphed[0](*batch)
 
     return step
 
@@ -318,12 +350,18 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
                               weight_decay=WEIGHT_DECAY)
             cfg = TrainConfig(device=device.type)
 
-            def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                losses = stacked.losses(x, y, cfg, autocast=option.bf16)
-                optimizer.zero_grad(set_to_none=True)
+            def body(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                losses = stacked.losses(x, y, cfg, autocast=option.bf16,
+                                        cache=not option.graph)
                 losses.sum().backward()
                 optimizer.step()
                 return losses.detach().sum()
+
+            def eager(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                return body(x, y)
+
+            step = graph_step(body, optimizer, option, device) or eager
 
             params = [dict(zip(stacked.params, (p[i] for p in stacked.parameters())))
                       for i in range(count)]

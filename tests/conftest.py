@@ -36,7 +36,13 @@ LONGEST_FIRST = ("tests/runner/test_slurm.py", "tests/runner/test_slurm_requeue.
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest modules first (a stable sort: the rest keep their order)."""
+    """The longest modules first (a stable sort: the rest keep their order); tests marked ``gpu``
+    are deselected (reported as such, not skipped) where torch sees no CUDA device."""
+    if not torch.cuda.is_available():
+        gpu = [item for item in items if item.get_closest_marker("gpu")]
+        if gpu:
+            config.hook.pytest_deselected(items=gpu)
+            items[:] = [item for item in items if not item.get_closest_marker("gpu")]
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 

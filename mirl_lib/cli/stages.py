@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                        default=None,
                        help="train the seeds of each point as one batched computation "
                             "(sets train.batch_replicates; auto: on CUDA with the local "
-                            "executor only)")
+                            "executor and train.step_graph: eager only)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops like Ctrl-C
     # a runner started in the background (`nohup ./run_all.sh &`) inherits an ignored SIGINT;

@@ -240,14 +240,20 @@ class TrainConfig(_Section):
 
     ``batch_replicates`` (``auto``, ``batched``, ``separate``): whether the seeds of one point
     train together as one batched computation (``mirl_lib.training.replicates``); ``auto``
-    batches on CUDA with the local executor only (``replicates.batching``; on the CPU a batched
-    step measured slower than separate ones, ``results/benchmarks/train_throughput.csv``). A runtime setting: each replicate keeps its own
+    batches on CUDA with the local executor and ``step_graph: eager`` only
+    (``replicates.batching``; a batched step measured slower than separate ones on the CPU, and
+    than separate graphed ones on a GPU, ``results/benchmarks/train_throughput.csv``). A runtime setting: each replicate keeps its own
     initialization, mask, data stream, optimizer state and files, and its floats differ from a
     separate run's only in the last bits (grouped kernels), as under another thread count.
+
+    ``step_graph`` (``auto``, ``graph``, ``eager``): whether the training step is captured once
+    in a CUDA graph and replayed (``mirl_lib.training.graphed``); ``auto`` captures on CUDA in
+    one process (not under ``torchrun``, not for batched replicates). A runtime setting: floats
+    differ from an eager run's in the last bits (capturable AdamW).
     """
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
-                                          "gpus", "batch_replicates")
+                                          "gpus", "batch_replicates", "step_graph")
     LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs", "ssim_weight",
                                         "cpu_channels_last", "psnr_weight")
 
@@ -272,8 +278,11 @@ class TrainConfig(_Section):
     cpu_channels_last: bool = False
     psnr_weight: float = 0.0
     batch_replicates: str = "auto"
+    step_graph: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.step_graph in ("auto", "graph", "eager"), "train.step_graph",
+                 f"{self.step_graph!r}: must be auto, graph or eager")
         _require(self.batch_replicates in ("auto", "batched", "separate"),
                  "train.batch_replicates",
                  f"{self.batch_replicates!r}: must be auto, batched or separate")

@@ -13,6 +13,10 @@ processes (0, or a source without that attribute: in the training process), pinn
 on CUDA; since a batch is a pure function of (seed, step, rank), any worker count gives the same
 run.
 
+CUDA graphs: on CUDA in one process the step is captured once and replayed
+(``mirl_lib.training.graphed``, ``train.step_graph``); ``state.pt`` keeps the eager optimizer
+format either way.
+
 Durations: a config in epochs (``TrainConfig.epochs``) is converted to steps by ``resolve_steps``
 with the source's ``epoch_size`` (``mirl_lib.data.stream.TrainSource``) when training starts.
 """
@@ -49,6 +53,7 @@ from mirl_lib.files.paths import FINAL_FILE, HISTORY_FILE, STATE_FILE, snapshot_
 from mirl_lib.files.tensors import atomic_torch_save, cpu_state_dict, load_tensors
 from mirl_lib.net.checkpoints import load_into, save_weights
 from mirl_lib.net.promptir import PromptIR
+from mirl_lib.training.graphed import GraphedStep, graphing, portable_optimizer_state
 from mirl_lib.training.losses import restoration_loss
 
 
@@ -123,10 +128,16 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, loss: 
     loss.backward()
     if clip is not None:
         clip()
-    lr = optimizer.param_groups[0]["lr"]
+    lr = scheduled_lr(scheduler)
     optimizer.step()
     scheduler.step()
     return lr
+
+
+def scheduled_lr(scheduler: LambdaLR) -> float:
+    """The learning rate the schedule gives the next update (first group), computed on the host:
+    the same value ``LambdaLR`` sets, also where the optimizer holds it as a device tensor."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
 
 
 def offset_factor(i: int, cfg: TrainConfig, offset: int) -> float:
@@ -299,7 +310,8 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         nonlocal writing
         t0 = time.perf_counter()
         atomic_torch_save({"identity": identity, "model": cpu_state_dict(model),
-                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "optimizer": portable_optimizer_state(optimizer),
+                           "scheduler": scheduler.state_dict(),
                            "rng": rng_state(), "step": done, "history": history,
                            "seconds": seconds + time.perf_counter() - started,
                            "loss_sum": running.item(), "loss_count": loss_count}, state_path)
@@ -315,6 +327,18 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
 
     clip = ((lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0 else None)
+    graph_on, graphed = graphing(cfg, device, ctx.world_size), None
+    if graph_on:
+        def body(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
+                                cache_enabled=False):
+                restored = net(degraded)
+            loss = restoration_loss(restored.float(), clean, cfg.ssim_weight, cfg.psnr_weight)
+            loss.backward()
+            if clip is not None:
+                clip()
+            optimizer.step()
+            return loss.detach()
     bar = tqdm(total=cfg.steps, initial=done, desc=progress_desc, disable=not writer,
                dynamic_ncols=True)
     try:
@@ -323,10 +347,19 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         for degraded, clean, _ in batches:
             degraded = degraded.to(device, memory_format=memory_format, non_blocking=True)
             clean = clean.to(device, memory_format=memory_format, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
-                restored = net(degraded)
-            loss = restoration_loss(restored.float(), clean, cfg.ssim_weight, cfg.psnr_weight)
-            lr = optimizer_step(optimizer, scheduler, loss, clip)
+            if graph_on:
+                if graphed is None:  # shaped (and laid out) as the first batch
+                    graphed = GraphedStep(body, optimizer, (degraded, clean))
+                lr = scheduled_lr(scheduler)
+                loss = graphed(degraded, clean)
+                scheduler.step()
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16,
+                                    enabled=cuda and cfg.bf16):
+                    restored = net(degraded)
+                loss = restoration_loss(restored.float(), clean, cfg.ssim_weight,
+                                        cfg.psnr_weight)
+                lr = optimizer_step(optimizer, scheduler, loss, clip)
             done += 1
             running += loss.detach()
             loss_count += 1

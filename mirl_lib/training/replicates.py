@@ -20,8 +20,9 @@ separate run's in the last bits, as under another thread count, which is why
 ``train.batch_replicates`` is a runtime setting.
 
 ``batching(cfg, executor)`` says whether the study batches: ``train.batch_replicates``
-``batched``, ``separate``, or ``auto`` (batched on CUDA with the local executor only: on the CPU a
-batched step measured slower than separate ones, see ``results/benchmarks/train_throughput.csv``).
+``batched``, ``separate``, or ``auto`` (batched on CUDA with the local executor and eager steps
+only: on the CPU a batched step measured slower than separate ones, and on a GPU slower than
+separate steps captured in CUDA graphs, see ``results/benchmarks/train_throughput.csv``).
 """
 from __future__ import annotations
 
@@ -57,10 +58,14 @@ Mask = dict[str, torch.Tensor]
 def batching(cfg: TrainConfig, executor: str = "local") -> bool:
     """Whether the seeds of a point train as batched replicates under ``cfg``: ``batched``,
     ``separate``, or ``auto``: on CUDA with the local executor (one machine, whose GPU one small
-    training cannot fill), not under ``torchrun`` and not on a Slurm cluster (whose stages spread
-    the seeds over its GPUs)."""
+    training cannot fill) when the training step is not captured in a CUDA graph
+    (``train.step_graph: eager``); not under ``torchrun`` and not on a Slurm cluster (whose stages
+    spread the seeds over its GPUs). With graphs (``step_graph`` auto or graph) the seeds train
+    separately: on an H200 a separate graphed step outran the batched eager one (``cpu`` preset, 10
+    replicates: 1,031 against 726 images/s; ``paper``, 4: 163 against 81;
+    ``results/benchmarks/train_throughput.csv``), and the batched training is not graphed."""
     if cfg.batch_replicates == "auto":
-        return (cfg.gpus <= 1 and executor == "local"
+        return (cfg.gpus <= 1 and executor == "local" and cfg.step_graph == "eager"
                 and resolve_device(cfg.device).type == "cuda")
     return cfg.batch_replicates == "batched"
 
@@ -104,11 +109,13 @@ class Replicates:
         return list(self.params.values())
 
     def losses(self, degraded: torch.Tensor, clean: torch.Tensor, cfg: TrainConfig,
-               autocast: bool = False) -> torch.Tensor:
+               autocast: bool = False, cache: bool = True) -> torch.Tensor:
         """Each replicate's training loss (shape ``(R,)``) on its own batch: ``degraded`` and
-        ``clean`` are ``(R, B, 3, H, W)``."""
+        ``clean`` are ``(R, B, 3, H, W)``. ``cache=False`` turns autocast's weight cache off
+        (needed inside a CUDA graph capture)."""
         def one(params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast,
+                                cache_enabled=cache):
                 restored = functional_call(self.base, (params, buffers), (x,))
             return restoration_loss(restored.float(), y, cfg.ssim_weight, cfg.psnr_weight)
 

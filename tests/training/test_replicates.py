@@ -208,8 +208,10 @@ def test_the_switch(tmp_path: Path) -> None:
     assert not batching(CFG)  # auto on the CPU: separate (slower batched there)
     assert batching(dataclasses.replace(CFG, batch_replicates="batched"), "slurm")
     if torch.cuda.is_available():
-        assert batching(dataclasses.replace(CFG, device="cuda"))
-        assert not batching(dataclasses.replace(CFG, device="cuda"), "slurm")
+        eager = dataclasses.replace(CFG, device="cuda", step_graph="eager")
+        assert batching(eager)  # auto on CUDA with eager steps: batched
+        assert not batching(eager, "slurm")
+        assert not batching(dataclasses.replace(CFG, device="cuda"))  # graphed steps: separate
     assert CFG.identity() == dataclasses.replace(CFG, batch_replicates="batched").identity()
     for text, problem in (("on", "quote the word"), ("sometimes", "must be auto, batched or")):
         path = tmp_path / "p.yaml"
