@@ -13,7 +13,8 @@
 #   2. params/gpu_smoke.yaml through ./run_all.sh: interrupted once (SIGINT after
 #      MIRL_CHECK_INTERRUPT_S, default 45; 0 = not), then run again until it ends or the time
 #      budget does (it resumes: call again with the same MIRL_CHECK_WORK to go on) ->
-#      OUT/gpu_smoke_*.log, summary.md, metrics.csv, catalog.csv, points.csv
+#      OUT/gpu_smoke_*.log, summary.md, metrics.csv, catalog.csv, points.csv (with each point's
+#      phase_seconds: training, checkpoint writes, evaluation, ...)
 # Usage: scripts/gpu_check.sh OUT_DIR   (inside an environment with torch + CUDA; see README)
 # MIRL_CHECK_STEPS (default "1 1b 1c 1d 2") picks steps; MIRL_CHECK_BUDGET_S (default 900) is the
 # whole command's time: step 2 gets what is left of it. MIRL_CHECK_WORK keeps the study's folder.
@@ -103,6 +104,8 @@ rows = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("seed_*
 columns = ["strategy", "round", "remaining_all", "mean_psnr", "mean_input_psnr", "train_seconds",
            "seconds"]
 table = pd.DataFrame(rows).reindex(columns=columns)
+phases = pd.DataFrame([r.get("phase_seconds", {}) for r in rows]).add_prefix("s_")
+table = pd.concat([table, phases], axis=1)  # where each point's time went (train, checkpoints...)
 table.to_csv(sys.argv[2], index=False)
 print(table.to_string(index=False))
 PY
