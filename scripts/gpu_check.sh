@@ -19,8 +19,9 @@
 # MIRL_CHECK_STEPS (default "1 1b 1c 1d 2") picks steps; MIRL_CHECK_BUDGET_S (default 900) is the
 # whole command's time: step 2 gets what is left of it. MIRL_CHECK_WORK keeps the study's folder.
 # MIRL_CHECK_PARAMS / MIRL_CHECK_PRESET change the study and the benchmarked preset;
-# MIRL_CHECK_REPLICATE_PRESET and MIRL_CHECK_REPLICATES the replicate rows (a dry run on CPU:
-# tiny and 1,2).
+# MIRL_CHECK_REPLICATE_PRESET and MIRL_CHECK_REPLICATES the replicate rows; MIRL_CHECK_OPTIONS,
+# MIRL_CHECK_SMALL_OPTIONS and MIRL_CHECK_REPLICATE_OPTIONS the options of steps 1 and 1b (a dry
+# run on CPU: tiny presets, 1,2 replicates, fp32 options; tests/benchmarks/test_gpu_check.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR}
@@ -50,12 +51,12 @@ if [[ $steps == *" 1b "* ]]; then
   counts=${MIRL_CHECK_REPLICATES:-1,4,10}
   timeout 200 python benchmarks/train_throughput.py --preset "${MIRL_CHECK_REPLICATE_PRESET:-cpu}" \
     --batch 8 --patch 48 --steps 20 --warmup 5 --replicates "$counts" \
-    --options fp32,batched,bf16+batched,fp32+cuda_graph,bf16+batched+cuda_graph \
+    --options "${MIRL_CHECK_SMALL_OPTIONS:-fp32,batched,bf16+batched,fp32+cuda_graph,bf16+batched+cuda_graph}" \
     --out "$out/train_throughput.csv" 2>&1 | tail -n 16
   echo "replicates (small network) exit ${PIPESTATUS[0]}"
   timeout 150 python benchmarks/train_throughput.py --preset "$preset" --steps 10 --warmup 4 \
     --replicates "${counts%%,*},$(echo "$counts" | cut -d, -f2)" \
-    --options bf16+channels_last,batched,bf16+batched,bf16+channels_last+cuda_graph,bf16+batched+cuda_graph \
+    --options "${MIRL_CHECK_REPLICATE_OPTIONS:-bf16+channels_last,batched,bf16+batched,bf16+channels_last+cuda_graph,bf16+batched+cuda_graph}" \
     --out "$out/train_throughput.csv" 2>&1 | tail -n 8
   echo "replicates (paper network) exit ${PIPESTATUS[0]}"
 fi
