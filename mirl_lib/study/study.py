@@ -329,7 +329,8 @@ class Study:
             tickets.export_ticket(state, mask, folder / TICKET_FILE, meta)
         record = {**meta, **extra, "mean_psnr": float(scores["psnr"].mean()),
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
-                  "train_seconds": float(result.seconds), "seconds": time.time() - started,
+                  "train_seconds": float(result.seconds), "step_graph": result.step_graph,
+                  "seconds": time.time() - started,
                   "phase_seconds": {k: round(v, 4) for k, v in phases.items()},
                   "ticket": str((folder / TICKET_FILE).relative_to(self.run_dir)),
                   **arithmetic(device, cfg.train.threads or torch.get_num_threads())}

@@ -62,12 +62,15 @@ class TrainResult:
     """``history``: columns step, loss (mean over the logged interval), lr; one row per log.
     ``seconds``: the training loop's time over every attempt (a resumed run adds to it).
     ``checkpoint_seconds``: what this call spent writing checkpoints, snapshots, the history and
-    the final weights (0 when it only loaded a finished training)."""
+    the final weights (0 when it only loaded a finished training). ``step_graph``: how the
+    finishing attempt ran its steps, ``graph`` (a CUDA graph) or ``eager`` (``""`` for a training
+    finished before this was recorded)."""
 
     history: pd.DataFrame
     final_step: int
     seconds: float
     checkpoint_seconds: float = 0.0
+    step_graph: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,8 @@ def finished(model: PromptIR, out_dir: Path) -> TrainResult:
     meta = load_into(model, out_dir / FINAL_FILE)
     history_path = out_dir / HISTORY_FILE
     history = pd.read_csv(history_path) if history_path.is_file() else history_frame([])
-    return TrainResult(history, int(meta["final_step"]), float(meta["seconds"]))
+    return TrainResult(history, int(meta["final_step"]), float(meta["seconds"]),
+                       step_graph=str(meta.get("step_graph", "")))
 
 
 def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str | Path, *,
@@ -392,9 +396,10 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
                      {"final_step": done, "seconds": seconds, "seed": seed,
                       "world_size": ctx.world_size, "start_step": start_step,
                       "train_config": dataclasses.asdict(cfg),
-                      "epoch_size": getattr(source, "epoch_size", None)})
+                      "epoch_size": getattr(source, "epoch_size", None),
+                      "step_graph": "graph" if graph_on else "eager"})
         writing += time.perf_counter() - t0
     if ctx.world_size > 1:
         dist.barrier()
     set_memory_format(model, torch.contiguous_format)
-    return TrainResult(frame, done, seconds, writing)
+    return TrainResult(frame, done, seconds, writing, "graph" if graph_on else "eager")

@@ -332,7 +332,7 @@ def _run(models: list[nn.Module], cfg: TrainConfig, sources: list[BatchSource],
                           "world_size": 1, "start_step": start_step,
                           "train_config": dataclasses.asdict(cfg),
                           "epoch_size": getattr(sources[i], "epoch_size", None),
-                          "batched_replicates": count})
+                          "batched_replicates": count, "step_graph": "eager"})
             writing += time.perf_counter() - t0
-        results.append(TrainResult(frame, done, total, writing / count))
+        results.append(TrainResult(frame, done, total, writing / count, "eager"))
     return results

@@ -65,6 +65,14 @@ def test_a_graph_on_the_cpu_is_refused(tmp_path: Path) -> None:
         GraphedStep(lambda x: x.sum(), optimizer, (torch.zeros(2),))
 
 
+def test_the_step_mode_is_recorded(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(CFG, steps=2, warmup_steps=1)
+    first = train(build_model("tiny", seed=0), cfg, FakeSource(), tmp_path, seed=0)
+    again = train(build_model("tiny", seed=0), cfg, FakeSource(), tmp_path, seed=0)  # finished
+    assert first.step_graph == again.step_graph == "eager"
+    assert load_tensors(tmp_path / "final.pt")["meta"]["step_graph"] == "eager"
+
+
 def test_capturable_state_loads_into_an_eager_optimizer_and_back() -> None:
     model = build_model("tiny", seed=0)
     optimizer = AdamW(model.parameters(), lr=3e-4, weight_decay=1e-4)
@@ -141,7 +149,7 @@ def test_interrupted_graphed_training_resumes(tmp_path: Path) -> None:
     group = state["optimizer"]["param_groups"][0]
     assert isinstance(group["lr"], float) and group["capturable"] is False  # eager format
     resumed, result = _train(out, cfg)
-    assert result.final_step == 12
+    assert result.final_step == 12 and result.step_graph == "graph"
     assert _distance(resumed, straight) < 1e-3 * _distance(straight, build_model("tiny", seed=1))
     # and an eager run resumes a graphed one's state
     out2 = tmp_path / "cut_eager"
