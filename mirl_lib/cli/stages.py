@@ -44,9 +44,11 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_of(args: argparse.Namespace) -> dict | None:
-    """The runtime settings the command line sets: ``train.gpus``, ``train.batch_replicates``
-    and the cluster options."""
+    """The settings the command line sets, none of them part of a run's identity:
+    ``study.seeds``, ``train.gpus``, ``train.batch_replicates`` and the cluster options."""
     out: dict = {}
+    if getattr(args, "study_seeds", None) is not None:
+        out["study"] = {"seeds": list(args.study_seeds)}
     if getattr(args, "gpus", None) is not None:
         out["train"] = {"gpus": args.gpus}
     if getattr(args, "batch_replicates", None) is not None:
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="train every point under torchrun with N processes, one per GPU "
                             "(sets train.gpus; default: the params file's, one process)")
     for p in (run_p, list_p, points_p):
+        p.add_argument("--seeds", dest="study_seeds", type=int, nargs="+", default=None,
+                       metavar="S", help="the study's seeds (sets study.seeds; default: the "
+                                         "params file's): more seeds for a finished study train "
+                                         "the new seeds only")
         p.add_argument("--batch-replicates", choices=("auto", "batched", "separate"),
                        default=None,
                        help="train the seeds of each point as one batched computation "

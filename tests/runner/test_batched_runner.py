@@ -1,5 +1,6 @@
 """``--batch-replicates batched`` on the command line: the stage list holds one stage per group
-of points for every seed, and ``stages points`` trains each point's seeds together."""
+of points for every seed, and ``stages points`` trains each point's seeds together; ``--seeds``
+sets the study's seeds."""
 from __future__ import annotations
 
 import json
@@ -57,3 +58,20 @@ def test_stages_points_trains_each_points_seeds_together(tmp_path: Path) -> None
     assert all(r["batched_replicates"] == 2 for r in trained), [
         (r["seed"], r["strategy"], r["round"], r.get("batched_replicates")) for r in trained]
     assert "(2 replicates)" in done.stderr  # one progress bar per point for both seeds
+
+
+def test_seeds_from_the_command_line(tmp_path: Path) -> None:
+    params = two_seeds(tmp_path)
+    listed = stages("list", str(params), "--results", str(tmp_path), "--seeds", "0", "1", "3")
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split("\t")[0] for line in listed.stdout.splitlines()]
+    assert {"dense_seed0", "dense_seed1", "dense_seed3"} <= set(names)
+    assert not any(name.endswith("_seed2") for name in names)
+    batched = stages("list", str(params), "--results", str(tmp_path), "--seeds", "5", "6",
+                     "--batch-replicates", "batched")
+    assert batched.returncode == 0 and "dense" in batched.stdout.split()
+    twice = stages("list", str(params), "--results", str(tmp_path), "--seeds", "1", "1")
+    assert twice.returncode == 2
+    assert twice.stderr.strip().splitlines() == [
+        f"error: {params}: study.seeds: lists a seed twice"], twice.stderr
+    assert not (tmp_path / "pair").exists()  # listing writes nothing
