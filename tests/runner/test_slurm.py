@@ -32,6 +32,7 @@ from mirl_lib.files.paths import (
     CHECKOUT,
     JOBS_DIR,
     METRICS_FILE,
+    SUBMISSIONS_FILE,
     TIMINGS_FILE,
 )
 from mirl_lib.study.graph import stage_list
@@ -55,7 +56,11 @@ def cluster_smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run_dir = results / "smoke"
     started = time.time()
     first = driver(params, results, *POLL)
-    wait_for(lambda: job_of(run_dir, "round_01") is not None, 600, "the trunk round's job")
+    # the job's record, then its line in submissions.csv: kill only once both are written (the
+    # record first, so that a driver killed between the two reattaches instead of resubmitting)
+    wait_for(lambda: job_of(run_dir, "round_01") is not None
+             and (run_dir / JOBS_DIR / SUBMISSIONS_FILE).is_file()
+             and "round_01" in submissions(run_dir), 600, "the trunk round's job")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     killed = job_of(run_dir, "round_01")
