@@ -10,8 +10,8 @@ and the images each one sees (120 epochs of the published mixture), and writes
     python benchmarks/gpu_hours.py [--throughput CSV] [--params params/paper.yaml] [--option NAME]
 
 Rows with several ``replicates`` count the images of all of them (several seeds trained at once
-on one GPU). Training only: evaluation, checkpointing and data loading stalls are not counted (the data loader
-benchmark shows the loader is not the bottleneck). One epoch of the published mixture, as the
+on one GPU). Training only: evaluation, checkpointing and data loading stalls are not counted
+(the data loader benchmark shows the loader is not the bottleneck). One epoch of the published mixture, as the
 paper states its data: 3 sigmas x 3 repeats x (WED 4,744 + BSD400 400) clean images,
 Rain100L 200 pairs x 120 repeats, and 72,135 OTS pairs.
 """

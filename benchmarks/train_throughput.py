@@ -84,7 +84,7 @@ from mirl_lib.net.sizing import skeleton  # noqa: E402
 from mirl_lib.pruning.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
 from mirl_lib.pruning.rules import random_mask  # noqa: E402
 from mirl_lib.training.graphed import GraphedStep  # noqa: E402
-from mirl_lib.training.loop import set_memory_format  # noqa: E402
+from mirl_lib.training.loop import set_memory_format, update  # noqa: E402
 from mirl_lib.training.replicates import Replicates  # noqa: E402
 
 DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_throughput.csv"
@@ -140,10 +140,10 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 # (bf16+channels_last) and the steps towards it, then fused AdamW and torch.compile on top of it
 # (compile last: it takes longest, and the rows before it are already written). On the CPU, where
 # mirl_lib.training.loop runs fp32: channels_last and fused AdamW on top of fp32. Left out on the
-# CPU: bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than fp32 on
-# the 2-core AVX2 machine of this repository; its row is in the committed CSV), and torch.compile,
-# whose C++ build of even the tiny preset took 11 minutes there (then 1.7x faster steps). Name them
-# with --options to measure them.
+# CPU: bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than
+# fp32 on the 2-core AVX2 machine of this repository; its row is in the committed CSV), and
+# torch.compile, whose C++ build of even the tiny preset took 11 minutes there (then 1.7x faster
+# steps). Name them with --options to measure them.
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
              "bf16+channels_last+fused_adamw", "fp32+cuda_graph", "bf16+channels_last+cuda_graph",
@@ -266,8 +266,7 @@ def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
                             cache_enabled=not option.graph):
             restored = net(degraded)
         loss = F.l1_loss(restored.float(), clean)
-        loss.backward()
-        optimizer.step()
+        update(optimizer, loss)
         return loss.detach()
 
     def step(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -280,20 +279,13 @@ def make_step(model: PromptIR, optimizer: torch.optim.Optimizer, option: Option,
 def graph_step(body: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
                option: Option, device: torch.device
                ) -> Callable[..., torch.Tensor] | None:
-    """``body`` (a step without zeroing the gradients) captured in a CUDA graph on its first
-    call after the graph's own warmup (``GraphedStep``); None unless ``option.graph``."""
+    """``body`` (a step without zeroing the gradients) captured in a CUDA graph after the
+    graph's own warmup (``GraphedStep``); None unless ``option.graph``."""
     if not option.graph:
         return None
     if device.type != "cuda":
         raise RuntimeError("a CUDA graph needs a CUDA device")
-    graphed: list[GraphedStep] = []
-
-    def step(*batch: torch.Tensor) -> torch.Tensor:
-        if not graphed:
-            graphed.append(GraphedStep(body, optimizer, batch))
-        return graphed[0](*batch)
-
-    return step
+    return GraphedStep(body, optimizer)
 
 
 def _sync(device: torch.device) -> None:
@@ -353,8 +345,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
             def body(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 losses = stacked.losses(x, y, cfg, autocast=option.bf16,
                                         cache=not option.graph)
-                losses.sum().backward()
-                optimizer.step()
+                update(optimizer, losses.sum())
                 return losses.detach().sum()
 
             def eager(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

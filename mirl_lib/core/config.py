@@ -242,9 +242,10 @@ class TrainConfig(_Section):
     train together as one batched computation (``mirl_lib.training.replicates``); ``auto``
     batches on CUDA with the local executor and ``step_graph: eager`` only
     (``replicates.batching``; a batched step measured slower than separate ones on the CPU, and
-    than separate graphed ones on a GPU, ``results/benchmarks/train_throughput.csv``). A runtime setting: each replicate keeps its own
-    initialization, mask, data stream, optimizer state and files, and its floats differ from a
-    separate run's only in the last bits (grouped kernels), as under another thread count.
+    than separate graphed ones on a GPU, ``results/benchmarks/train_throughput.csv``). A runtime
+    setting: each replicate keeps its own initialization, mask, data stream, optimizer state and
+    files, and its floats differ from a separate run's only in the last bits (grouped kernels), as
+    under another thread count.
 
     ``step_graph`` (``auto``, ``graph``, ``eager``): whether the training step is captured once
     in a CUDA graph and replayed (``mirl_lib.training.graphed``); ``auto`` captures on CUDA in

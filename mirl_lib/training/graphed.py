@@ -78,29 +78,23 @@ def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]
 class GraphedStep:
     """One training step, replayed from a CUDA graph after ``warmup`` eager steps.
 
-    ``body(*inputs)`` does the whole step except zeroing the gradients: forward, loss, backward,
+    ``body(*batch)`` does the whole step except zeroing the gradients: forward, loss, backward,
     clipping, ``optimizer.step()``; it returns the detached loss (a loss that keeps its autograd
     graph alive would carry the warmup's gradient-accumulation nodes into the capture) and must
-    not synchronize with the host. ``inputs`` are tensors shaped (and laid out) as every later batch: they become the
-    static inputs. Calling the step with a batch returns the step's loss, a tensor the next call
-    overwrites (read or accumulate it before the next call).
+    not synchronize with the host. The first batch, on a CUDA device, sets the static inputs'
+    shapes and layouts: every later batch must match it. Calling the step with a batch returns
+    the step's loss, a tensor the next call overwrites (read or accumulate it before then).
     """
 
     def __init__(self, body: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
-                 inputs: tuple[torch.Tensor, ...], warmup: int = WARMUP_STEPS) -> None:
-        if not all(t.is_cuda for t in inputs):
-            raise ValueError("GraphedStep needs its inputs on a CUDA device")
+                 warmup: int = WARMUP_STEPS) -> None:
         self.body, self.optimizer, self.warmup = body, optimizer, warmup
         make_capturable(optimizer)
         self.lrs = [group["lr"] for group in optimizer.param_groups]
-        self.static = tuple(torch.empty_like(t) for t in inputs)
+        self.static: tuple[torch.Tensor, ...] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.eager_steps = 0
-
-    @property
-    def captured(self) -> bool:
-        return self.graph is not None
 
     def _sync_lr(self) -> None:
         """Keep each group's learning rate the device tensor the graph reads (a scheduler of an
@@ -111,6 +105,10 @@ class GraphedStep:
                 group["lr"] = tensor
 
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
+        if self.static is None:
+            if not all(t.is_cuda for t in batch):
+                raise ValueError("GraphedStep needs its inputs on a CUDA device")
+            self.static = tuple(torch.empty_like(t) for t in batch)
         for static, value in zip(self.static, batch, strict=True):
             static.copy_(value, non_blocking=True)
         self._sync_lr()

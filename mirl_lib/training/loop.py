@@ -125,16 +125,23 @@ def steps_for(cfg: TrainConfig, source: BatchSource) -> TrainConfig:
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, loss: torch.Tensor,
                    clip: Callable[[], object] | None = None) -> float:
-    """One update from ``loss``: zero the gradients, backpropagate, ``clip`` them (when given),
-    step the optimizer and the schedule; returns the learning rate the update used."""
+    """One update from ``loss``: zero the gradients, ``update``, step the schedule; returns the
+    learning rate the update used."""
     optimizer.zero_grad(set_to_none=True)
+    lr = scheduled_lr(scheduler)
+    update(optimizer, loss, clip)
+    scheduler.step()
+    return lr
+
+
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+           clip: Callable[[], object] | None = None) -> None:
+    """Backpropagate ``loss``, ``clip`` the gradients (when given), step the optimizer: the part
+    of an update a CUDA graph captures (``GraphedStep``)."""
     loss.backward()
     if clip is not None:
         clip()
-    lr = scheduled_lr(scheduler)
     optimizer.step()
-    scheduler.step()
-    return lr
 
 
 def scheduled_lr(scheduler: LambdaLR) -> float:
@@ -331,18 +338,22 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
 
     clip = ((lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if cfg.grad_clip > 0 else None)
-    graph_on, graphed = graphing(cfg, device, ctx.world_size), None
-    if graph_on:
-        def body(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16,
-                                cache_enabled=False):
-                restored = net(degraded)
-            loss = restoration_loss(restored.float(), clean, cfg.ssim_weight, cfg.psnr_weight)
-            loss.backward()
-            if clip is not None:
-                clip()
-            optimizer.step()
-            return loss.detach()
+    graph_on = graphing(cfg, device, ctx.world_size)
+    step_graph = "graph" if graph_on else "eager"
+
+    def forward_loss(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        # autocast's weight cache would be stale when a CUDA graph replays
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16,
+                            cache_enabled=not graph_on):
+            restored = net(degraded)
+        return restoration_loss(restored.float(), clean, cfg.ssim_weight, cfg.psnr_weight)
+
+    def graph_body(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        loss = forward_loss(degraded, clean)
+        update(optimizer, loss, clip)
+        return loss.detach()
+
+    graphed = GraphedStep(graph_body, optimizer) if graph_on else None
     bar = tqdm(total=cfg.steps, initial=done, desc=progress_desc, disable=not writer,
                dynamic_ncols=True)
     try:
@@ -351,18 +362,12 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
         for degraded, clean, _ in batches:
             degraded = degraded.to(device, memory_format=memory_format, non_blocking=True)
             clean = clean.to(device, memory_format=memory_format, non_blocking=True)
-            if graph_on:
-                if graphed is None:  # shaped (and laid out) as the first batch
-                    graphed = GraphedStep(body, optimizer, (degraded, clean))
+            if graphed is not None:
                 lr = scheduled_lr(scheduler)
                 loss = graphed(degraded, clean)
                 scheduler.step()
             else:
-                with torch.autocast(device.type, dtype=torch.bfloat16,
-                                    enabled=cuda and cfg.bf16):
-                    restored = net(degraded)
-                loss = restoration_loss(restored.float(), clean, cfg.ssim_weight,
-                                        cfg.psnr_weight)
+                loss = forward_loss(degraded, clean)
                 lr = optimizer_step(optimizer, scheduler, loss, clip)
             done += 1
             running += loss.detach()
@@ -397,9 +402,9 @@ def _run(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: Path, 
                       "world_size": ctx.world_size, "start_step": start_step,
                       "train_config": dataclasses.asdict(cfg),
                       "epoch_size": getattr(source, "epoch_size", None),
-                      "step_graph": "graph" if graph_on else "eager"})
+                      "step_graph": step_graph})
         writing += time.perf_counter() - t0
     if ctx.world_size > 1:
         dist.barrier()
     set_memory_format(model, torch.contiguous_format)
-    return TrainResult(frame, done, seconds, writing, "graph" if graph_on else "eager")
+    return TrainResult(frame, done, seconds, writing, step_graph)

@@ -62,7 +62,7 @@ def test_a_graph_on_the_cpu_is_refused(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())  # refused before anything was written
     optimizer = AdamW(model.parameters())
     with pytest.raises(ValueError, match="CUDA device"):
-        GraphedStep(lambda x: x.sum(), optimizer, (torch.zeros(2),))
+        GraphedStep(lambda x: x.sum(), optimizer)(torch.zeros(2))
 
 
 def test_the_step_mode_is_recorded(tmp_path: Path) -> None:
