@@ -400,10 +400,15 @@ class AnalysisConfig(_Section):
     other comparison is an exploratory estimate with its interval. ``margin_reason`` says why the
     margin is what it is (the summary quotes it). ``power``: the power a comparison should have;
     the report says how many seeds it needs for it. ``level``: the intervals' confidence.
+    ``confirm_seeds``: a confirmatory replication, declared before these seeds are trained: the
+    primary comparisons are tested again on them alone (Holm at ``alpha``), with no decision
+    until every one of them is scored; the primary comparisons themselves are then tested on the
+    other seeds only (the exploration that chose them), and every seed feeds the exploratory
+    estimates (``mirl_lib.report.primary.confirmation_table``).
     """
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("primary", "margin_db", "margin_reason", "alpha",
-                                          "power", "level")
+                                          "power", "level", "confirm_seeds")
 
     primary: tuple[str, ...] = ("dense:noninferiority", "reinit:superiority",
                                 "random_mask:superiority", "small_dense:superiority",
@@ -413,9 +418,16 @@ class AnalysisConfig(_Section):
     alpha: float = 0.05
     power: float = 0.8
     level: float = 0.95
+    confirm_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.margin_db > 0, "analysis.margin_db", "must be positive (dB)")
+        _require(len(set(self.confirm_seeds)) == len(self.confirm_seeds),
+                 "analysis.confirm_seeds", "lists a seed twice")
+        _require(all(s >= 0 for s in self.confirm_seeds), "analysis.confirm_seeds",
+                 "seeds are non-negative integers")
+        _require(len(self.confirm_seeds) != 1, "analysis.confirm_seeds",
+                 "one seed cannot confirm anything (no spread between seeds): declare 2 or more")
         _require(0 < self.alpha < 0.5, "analysis.alpha", "must be in (0, 0.5)")
         _require(0 < self.power < 1, "analysis.power", "must be in (0, 1)")
         _require(0.5 < self.level < 1, "analysis.level", "must be in (0.5, 1)")

@@ -20,6 +20,14 @@ difference, each at the Bonferroni level ``alpha / k`` (Holm's first step, so co
 ``seeds_needed`` is the fewest seeds with at least ``analysis.power``; an equivalence whose
 ``1 - 2 alpha`` interval is wider than ``2 m`` at this many seeds is *undecidable* (no outcome could
 show it), never a verdict.
+
+A confirmatory replication (``analysis.confirm_seeds``, declared before those seeds are trained):
+``primary_table`` tests on the other seeds only (the exploration that chose the hypotheses, however
+many looks it took), and ``confirmation_table`` tests the same hypotheses on the confirmation's
+seeds alone, Holm over them at ``alpha``. Until every declared seed is scored it gives no estimate
+and no decision (``PENDING``: a look at part of the confirmation would be one more look), only its
+*planned power*: the power of a confirmation of that many seeds, simulated from the exploration's
+variance components as above.
 """
 from __future__ import annotations
 
@@ -36,9 +44,13 @@ from mirl_lib.report.intervals import Crossed, cell_table, crossed, crossed_many
 
 SHOWN, NOT_SHOWN, UNDECIDABLE = "shown", "not shown", "undecidable"
 UNTESTABLE = "untestable"  # one seed and one photo: no spread to test against
+PENDING = "pending"  # a confirmation whose seeds are not all scored: no estimate, no decision
 COLUMNS = ["round", "remaining", "vs", "kind", "difference", "se", "df", "ci_low", "ci_high",
            "seeds", "photos", "images", "p", "p_holm", "decision", "power", "seeds_needed",
            "margin", "alpha", "var_seed", "var_photo", "var_resid"]
+# the confirmation's table: the primary columns, then its declared and scored seeds and the power
+# planned from the exploration
+CONFIRM_COLUMNS = [*COLUMNS, "declared_seeds", "scored_seeds", "planned_power"]
 
 
 def p_value(result: Crossed, kind: str, margin: float) -> float:
@@ -132,18 +144,24 @@ def declared(analysis: AnalysisConfig, rnd: int) -> list[Declared]:
     return [Declared(rnd, vs, kind) for vs, kind in analysis.comparisons()]
 
 
-def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
-                  metric: str = "psnr", with_power: bool = True) -> pd.DataFrame:
-    """Every declared comparison at trunk round ``rnd`` (the deepest branch round): estimate,
-    crossed interval (``analysis.level``), one-sided p-value, Holm-adjusted p-value, decision,
-    power now and seeds needed (``COLUMNS``; without ``with_power`` those two are left empty, for
-    the decisions alone). A comparison whose points are missing is left out."""
+def split_seeds(metrics: pd.DataFrame, analysis: AnalysisConfig
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(exploration, confirmation)``: the rows of the seeds outside and inside
+    ``analysis.confirm_seeds``."""
+    inside = metrics["seed"].isin(analysis.confirm_seeds)
+    return metrics[~inside], metrics[inside]
+
+
+def _tested(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int
+            ) -> tuple[pd.DataFrame, list[tuple[Declared, Crossed]]]:
+    """Every declared comparison at trunk round ``rnd`` found in ``metrics``: estimate, interval,
+    p-value and Holm-adjusted p-value (no decision yet), with each comparison's crossed result."""
     rows, results = [], []
     remaining = metrics.loc[(metrics["strategy"] == TRUNK) & (metrics["round"] == rnd),
                             "remaining_all"]
     m, alpha = analysis.margin_db, analysis.alpha
     for item in declared(analysis, rnd):
-        diffs = pairs(metrics, metric, (TRUNK, rnd), item.b)
+        diffs = pairs(metrics, "psnr", (TRUNK, rnd), item.b)
         if diffs.empty:
             continue
         tables, counts, _, _, _ = cell_table(diffs)
@@ -157,23 +175,38 @@ def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
                      "p": p_value(result, item.kind, m), "margin": m, "alpha": alpha,
                      "var_seed": result.var_seed, "var_photo": result.var_photo,
                      "var_resid": result.var_resid})
-    if not rows:
-        return pd.DataFrame(columns=COLUMNS)
     table = pd.DataFrame(rows)
-    finite = table["p"].notna()
-    table["p_holm"] = np.nan
-    if finite.any():
-        table.loc[finite, "p_holm"] = multipletests(table.loc[finite, "p"], alpha=alpha,
-                                                    method="holm")[1]
-    each = alpha / len(table)
+    if rows:
+        finite = table["p"].notna()
+        table["p_holm"] = np.nan
+        if finite.any():
+            table.loc[finite, "p_holm"] = multipletests(table.loc[finite, "p"], alpha=alpha,
+                                                        method="holm")[1]
+    return table, results
+
+
+def _decision(item: Declared, result: Crossed, p_holm: float, analysis: AnalysisConfig) -> str:
+    if pd.isna(p_holm):
+        return UNTESTABLE
+    if undecidable(result, item.kind, analysis.margin_db, analysis.alpha):
+        return UNDECIDABLE
+    return SHOWN if p_holm < analysis.alpha else NOT_SHOWN
+
+
+def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
+                  with_power: bool = True) -> pd.DataFrame:
+    """Every declared comparison at trunk round ``rnd`` (the deepest branch round), on the seeds
+    outside ``analysis.confirm_seeds``: estimate, crossed interval (``analysis.level``), one-sided
+    p-value, Holm-adjusted p-value, decision, power now and seeds needed (``COLUMNS``; without
+    ``with_power`` those two are left empty, for the decisions alone). A comparison whose points
+    are missing is left out."""
+    table, results = _tested(split_seeds(metrics, analysis)[0], analysis, rnd)
+    if table.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    m, each = analysis.margin_db, analysis.alpha / len(table)
     decisions, powers, needed = [], [], []
     for (item, result), p_holm in zip(results, table["p_holm"]):
-        if pd.isna(p_holm):
-            decisions.append(UNTESTABLE)
-        elif undecidable(result, item.kind, m, alpha):
-            decisions.append(UNDECIDABLE)
-        else:
-            decisions.append(SHOWN if p_holm < alpha else NOT_SHOWN)
+        decisions.append(_decision(item, result, p_holm, analysis))
         powers.append(power(result, result.seeds, item.kind, m, each) if with_power else np.nan)
         needed.append(seeds_needed(result, item.kind, m, each, analysis.power)
                       if with_power else None)
@@ -181,3 +214,37 @@ def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
     table["power"] = powers
     table["seeds_needed"] = pd.array(needed, dtype="Int64")
     return table[COLUMNS]
+
+
+def confirmation_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int
+                       ) -> pd.DataFrame:
+    """The declared comparisons tested again on ``analysis.confirm_seeds`` alone
+    (``CONFIRM_COLUMNS``; empty when none is declared). ``planned_power``: the power of a
+    confirmation of that many seeds on the run's photos, simulated from the exploration's variance
+    components (``power`` at Holm's first step). Until every declared seed is scored, the
+    comparisons are ``PENDING`` with no estimate; then they are tested as ``primary_table`` tests
+    (Holm over the declared set)."""
+    if not analysis.confirm_seeds:
+        return pd.DataFrame(columns=CONFIRM_COLUMNS)
+    explore, confirm = split_seeds(metrics, analysis)
+    planned_from, explored = _tested(explore, analysis, rnd)
+    declared_n = len(analysis.confirm_seeds)
+    scored = sorted(set(confirm["seed"]) & set(analysis.confirm_seeds))
+    m = analysis.margin_db
+    items = declared(analysis, rnd)
+    each = analysis.alpha / len(items)
+    planned = {item.vs: power(result, declared_n, item.kind, m, each)
+               for item, result in explored}
+    if len(scored) < declared_n:
+        table = pd.DataFrame([{"round": rnd, "vs": item.vs, "kind": item.kind, "margin": m,
+                               "alpha": analysis.alpha, "decision": PENDING} for item in items])
+    else:
+        table, results = _tested(confirm, analysis, rnd)
+        if table.empty:
+            return pd.DataFrame(columns=CONFIRM_COLUMNS)
+        table["decision"] = [_decision(item, result, p_holm, analysis)
+                             for (item, result), p_holm in zip(results, table["p_holm"])]
+    table["declared_seeds"] = " ".join(str(s) for s in analysis.confirm_seeds)
+    table["scored_seeds"] = len(scored)
+    table["planned_power"] = [planned.get(vs, np.nan) for vs in table["vs"]]
+    return table.reindex(columns=CONFIRM_COLUMNS)

@@ -148,3 +148,44 @@ def test_a_declared_comparison_the_study_did_not_run_is_left_out() -> None:
     table = pr.primary_table(data, analysis("dense:noninferiority", "reinit:superiority",
                                             "small_dense:superiority"), 2)
     assert list(table["vs"]) == ["dense", "reinit"]
+
+
+def test_a_declared_confirmation_is_tested_on_its_seeds_alone_once_all_are_scored() -> None:
+    """``analysis.confirm_seeds``: the primary table keeps to the other seeds; the confirmation
+    gives no estimate and no decision while a declared seed is missing, then tests its seeds
+    alone, Holm over the declared set; its planned power is the exploration's at that many seeds."""
+    data = metrics(6, {"reinit": 1.5, "small_dense": 0.05}, spread=0.05, seed=3)
+    declared = AnalysisConfig(primary=("dense:noninferiority", "reinit:superiority",
+                                       "small_dense:superiority"), confirm_seeds=(3, 4, 5))
+    plain = AnalysisConfig(primary=declared.primary)
+    table = pr.primary_table(data, declared, 2)
+    assert (table["seeds"] == 3).all()
+    pd.testing.assert_frame_equal(table, pr.primary_table(data[data["seed"] < 3], plain, 2))
+
+    pending = pr.confirmation_table(data[data["seed"] < 5], declared, 2)
+    assert list(pending.columns) == pr.CONFIRM_COLUMNS
+    assert list(pending["vs"]) == ["dense", "reinit", "small_dense"]
+    assert (pending["decision"] == pr.PENDING).all() and (pending["scored_seeds"] == 2).all()
+    assert pending["difference"].isna().all() and pending["p_holm"].isna().all()
+    explore = crossed_of(data[data["seed"] < 3], "reinit")
+    assert pending.set_index("vs").loc["reinit", "planned_power"] == pytest.approx(
+        pr.power(explore, 3, "superiority", 0.25, 0.05 / 3))
+
+    done = pr.confirmation_table(data, declared, 2)
+    again = pr.primary_table(data[data["seed"] >= 3], plain, 2)
+    for column in ("difference", "ci_low", "ci_high", "p", "p_holm", "decision", "seeds"):
+        assert done[column].tolist() == again[column].tolist(), column
+    assert (done["scored_seeds"] == 3).all() and done["declared_seeds"].iloc[0] == "3 4 5"
+    by = done.set_index("vs")
+    assert by.loc["reinit", "decision"] == pr.SHOWN
+    assert by.loc["small_dense", "decision"] == pr.NOT_SHOWN
+    assert pr.confirmation_table(data, plain, 2).empty
+
+
+def test_a_bad_confirmation_declaration_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="analysis.confirm_seeds: lists a seed twice"):
+        AnalysisConfig(confirm_seeds=(5, 5))
+    with pytest.raises(ConfigError, match="analysis.confirm_seeds: seeds are non-negative"):
+        AnalysisConfig(confirm_seeds=(-1, 2))
+    with pytest.raises(ConfigError, match="analysis.confirm_seeds: one seed cannot confirm"):
+        AnalysisConfig(confirm_seeds=(7,))
