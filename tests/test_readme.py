@@ -12,7 +12,7 @@ import pytest
 
 from mirl_lib.core.config import load_config
 from mirl_lib.report.headline import deepest_round, headline
-from mirl_lib.report.primary import primary_table
+from mirl_lib.report.primary import confirmation_table, primary_table
 
 pytestmark = pytest.mark.slow  # simulates the power of both committed tiers
 
@@ -76,6 +76,11 @@ def test_a_committed_primary_table_is_what_the_analysis_computes(run: str) -> No
     computed = primary_table(metrics, analysis, deepest_round(metrics))
     written = pd.read_csv(io.StringIO(computed.to_csv(index=False)))  # as the run writes it
     pd.testing.assert_frame_equal(pd.read_csv(folder / "primary.csv"), written, atol=1e-9)
+    if analysis.confirm_seeds:  # and its declared confirmation, the same way
+        confirm = confirmation_table(metrics, analysis, deepest_round(metrics))
+        written = pd.read_csv(io.StringIO(confirm.to_csv(index=False)))
+        pd.testing.assert_frame_equal(pd.read_csv(folder / "confirmation.csv"), written,
+                                      atol=1e-9)
 
 
 RERUN_LINES = sorted(path.parent.relative_to(REPO).as_posix()

@@ -4,7 +4,7 @@ name in it. No other module spells a point folder or a file name of a run.
 A run folder (``<results>/<study.name>``)::
 
     config.yaml  metrics.csv  heldout.csv  catalog.csv  comparisons.csv  primary.csv  summary.md
-    report.html
+    confirmation.csv (a declared confirmation)  report.html
     figures/*.png  notebooks/*.ipynb  reference/ (the committed tables, kept before a rerun)
     seed_<s>/dense/                    round 0: init.pt, weights_step<k>.pt, final.pt, ...
     seed_<s>/<strategy>/round_<rr>/    mask.pt, mask_report.csv, final.pt, history.csv,
@@ -44,6 +44,7 @@ HELDOUT_FILE = "heldout.csv"
 CATALOG_FILE = "catalog.csv"
 COMPARISONS_FILE = "comparisons.csv"
 PRIMARY_FILE = "primary.csv"
+CONFIRMATION_FILE = "confirmation.csv"  # the declared confirmation (analysis.confirm_seeds)
 REPRODUCTION_FILE = "reproduction.csv"
 SUMMARY_FILE = "summary.md"
 REPORT_FILE = "report.html"

@@ -23,7 +23,14 @@ from mirl_lib.report.comparisons import (
     trunk_curve,
     where,
 )
-from mirl_lib.report.primary import SHOWN, UNDECIDABLE, UNTESTABLE, primary_table
+from mirl_lib.report.primary import (
+    PENDING,
+    SHOWN,
+    UNDECIDABLE,
+    UNTESTABLE,
+    confirmation_table,
+    primary_table,
+)
 
 CLAIMS = {"noninferiority": "not worse than {X} by more than {m:.2f} dB",
           "superiority": "better than {X}",
@@ -35,7 +42,10 @@ def _x(vs: str) -> str:
 
 
 def needs(row: Any) -> str:
-    """``about 7 seeds give 80% power`` (or that no seed count up to 200 does)."""
+    """``about 7 seeds give 80% power`` (or that no seed count up to 200 does); for a confirmation
+    (a row with ``planned_power``), the power it was planned with."""
+    if hasattr(row, "planned_power"):
+        return f"planned power {100 * row.planned_power:.0f}%"
     if pd.isna(row.seeds_needed):
         return ("no number of seeds up to 200 gives it 80% power on these photos"
                 + (" at the measured difference" if row.kind == "superiority" else
@@ -62,20 +72,54 @@ def primary_sentence(row: Any) -> str:
     return f"Ticket vs {_x(row.vs)}: {head}; {estimate}."
 
 
-def answer(primary: pd.DataFrame, curve: pd.DataFrame, analysis: AnalysisConfig) -> list[str]:
-    """The answer as sentences: where the primary comparisons stand, each primary decision, and
-    the trunk curve."""
+def seed_list(seeds: Any) -> str:
+    """``5–9`` for consecutive seeds, else ``0, 2, 7``."""
+    seeds = sorted(int(x) for x in seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def confirmation_sentences(confirm: pd.DataFrame, analysis: AnalysisConfig) -> list[str]:
+    """The declared confirmation (``primary.confirmation_table``): pending, with its planned
+    power, or its decisions; nothing when none is declared."""
+    if confirm.empty:
+        return []
+    first, k = confirm.iloc[0], len(confirm)
+    declared_n = len(analysis.confirm_seeds)
+    head = (f"Confirmation, declared before its seeds were trained (`analysis.confirm_seeds`): "
+            f"the {k} tested again on seeds {seed_list(analysis.confirm_seeds)} alone, Holm at "
+            f"α = {analysis.alpha:g}")
+    if first.decision == PENDING:
+        planned = ", ".join(f"{_x(r.vs)} {100 * r.planned_power:.0f}%"
+                            for r in confirm.itertuples())
+        return [f"{head}: **pending**, {int(first.scored_seeds)} of {declared_n} seeds scored; "
+                f"no estimate before all are. Planned power (simulated from the comparisons "
+                f"above): {planned}."]
+    shown = int((confirm["decision"] == SHOWN).sum())
+    return ([f"{head}: {shown} of {k} shown."]
+            + [f"Confirmation: {primary_sentence(r)}" for r in confirm.itertuples()])
+
+
+def answer(primary: pd.DataFrame, curve: pd.DataFrame, analysis: AnalysisConfig,
+           confirm: pd.DataFrame | None = None) -> list[str]:
+    """The answer as sentences: where the primary comparisons stand, each primary decision, the
+    declared confirmation (``confirm``: ``primary.confirmation_table``) and the trunk curve."""
     if primary.empty:
         return ["No primary comparison could be computed (their points are missing)."]
     first = primary.iloc[0]
     shown = int((primary["decision"] == SHOWN).sum())
+    on = (f"; tested on the {int(primary['seeds'].max())} seeds outside the confirmation below"
+          if analysis.confirm_seeds else "")
     sentences = [
         f"Primary comparisons (declared in the params file; ticket at "
         f"{where(int(first['round']), first.remaining)} − X, all-in-one PSNR, 95% intervals over "
         f"seeds and photos crossed, margin ±{analysis.margin_db:.2f} dB, Holm over "
-        f"{len(primary)} at family-wise α = {analysis.alpha:g}): {shown} of {len(primary)} "
+        f"{len(primary)} at family-wise α = {analysis.alpha:g}{on}): {shown} of {len(primary)} "
         f"shown."]
     sentences += [primary_sentence(r) for r in primary.itertuples()]
+    if confirm is not None:
+        sentences += confirmation_sentences(confirm, analysis)
     sentences.append(curve_reading(curve))
     return sentences
 
@@ -87,9 +131,11 @@ def deepest_round(metrics: pd.DataFrame) -> int:
 
 def headline(metrics: pd.DataFrame, analysis: AnalysisConfig) -> str:
     """The answer as a markdown list, for the README's headline block."""
-    primary = primary_table(metrics, analysis, deepest_round(metrics))
+    rnd = deepest_round(metrics)
+    primary = primary_table(metrics, analysis, rnd)
+    confirm = confirmation_table(metrics, analysis, rnd)
     curve = trunk_curve(metrics, analysis.level)
-    return "\n".join(f"- {s}" for s in answer(primary, curve, analysis)) + "\n"
+    return "\n".join(f"- {s}" for s in answer(primary, curve, analysis, confirm)) + "\n"
 
 
 def headline_decisions(primary: pd.DataFrame) -> dict[str, str]:

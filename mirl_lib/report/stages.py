@@ -13,6 +13,7 @@ from mirl_lib.core.names import TRUNK
 from mirl_lib.files.atomic import atomic_write_text
 from mirl_lib.files.paths import (
     CATALOG_FILE,
+    CONFIRMATION_FILE,
     FIGURE_FILES,
     FIGURES_DIR,
     HELDOUT_FILE,
@@ -30,7 +31,7 @@ from mirl_lib.report.comparisons import (
 )
 from mirl_lib.report.headline import deepest_round
 from mirl_lib.report.means import collapse_of
-from mirl_lib.report.primary import primary_table
+from mirl_lib.report.primary import confirmation_table, primary_table
 from mirl_lib.report.summary import config_notes, write_summary
 from mirl_lib.study.study import Study
 
@@ -48,7 +49,8 @@ def analyse_run(run_dir: Path, cfg: Config, metrics: pd.DataFrame | None = None
                 ) -> tuple[pd.DataFrame, Path]:
     """The statistics of a run whose scores are gathered (``metrics.csv``, and ``heldout.csv`` and
     ``catalog.csv`` when there): compare the ticket with every other network
-    (``comparisons.csv``), test the primary comparisons of ``cfg.analysis`` (``primary.csv``) and
+    (``comparisons.csv``), test the primary comparisons of ``cfg.analysis`` (``primary.csv``; a
+    declared confirmation: ``confirmation.csv``) and
     write ``summary.md``. Reads only those tables, never a network, so a finished run (one
     copied back from a cluster, or a committed one) can be analysed again. Returns the primary
     table and the summary's path."""
@@ -58,8 +60,12 @@ def analyse_run(run_dir: Path, cfg: Config, metrics: pd.DataFrame | None = None
         metrics = pd.read_csv(run_dir / METRICS_FILE)
     comps = comparisons(metrics, analysis.level)
     write_comparisons(run_dir, comps)
-    primary = primary_table(metrics, analysis, deepest_round(metrics))
+    rnd = deepest_round(metrics)
+    primary = primary_table(metrics, analysis, rnd)
     atomic_write_text(primary.to_csv(index=False), run_dir / PRIMARY_FILE)
+    if analysis.confirm_seeds:
+        atomic_write_text(confirmation_table(metrics, analysis, rnd).to_csv(index=False),
+                          run_dir / CONFIRMATION_FILE)
     summary = write_summary(run_dir, metrics, f"mirl study `{cfg.study.name}`",
                             analysis, config_notes(cfg),
                             heldout=read_optional(run_dir / HELDOUT_FILE),

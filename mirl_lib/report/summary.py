@@ -23,7 +23,7 @@ from mirl_lib.report.comparisons import (
 from mirl_lib.report.gains import dense_bars, dense_gains, gains_table
 from mirl_lib.report.headline import answer, deepest_round, method_note
 from mirl_lib.report.means import cell, collapse_of, point_means, sd, seed_stats
-from mirl_lib.report.primary import primary_table
+from mirl_lib.report.primary import PENDING, confirmation_table, primary_table
 
 # ----- the summary page -------------------------------------------------------------------------
 
@@ -102,6 +102,33 @@ def _primary_section(primary: pd.DataFrame, analysis: AnalysisConfig) -> list[st
         share = f"{100 * (r.var_seed / r.seeds) / total:.0f}%" if total > 0 else "n/a"
         lines.append(f"| {label(r.vs)} | {r.var_seed:.3f} | {r.var_photo:.3f} | "
                      f"{r.var_resid:.3f} | {share} |")
+    return lines
+
+
+def _confirmation_section(confirm: pd.DataFrame, analysis: AnalysisConfig) -> list[str]:
+    if confirm.empty:
+        return []
+    declared_n = len(analysis.confirm_seeds)
+    lines = ["", "## Confirmation", "",
+             f"Declared in the params file before its seeds were trained "
+             f"(`analysis.confirm_seeds`: {', '.join(map(str, analysis.confirm_seeds))}): the "
+             f"primary comparisons tested again on those seeds alone, Holm over the "
+             f"{len(confirm)} at family-wise α = {analysis.alpha:g}; the primary comparisons "
+             f"above use the other seeds only. No estimate and no decision until all "
+             f"{declared_n} are scored. *Planned power*: of a confirmation of {declared_n} seeds "
+             f"on these photos, simulated from the variance components above (as *power* there, "
+             f"at α / {len(confirm)}).", ""]
+    if confirm["decision"].iloc[0] == PENDING:
+        lines += [f"Pending: {int(confirm['scored_seeds'].iloc[0])} of {declared_n} seeds "
+                  "scored.", "", "| X | hypothesis | planned power |", "|---|---|---|"]
+        lines += [f"| {label(r.vs)} | {r.kind} | {100 * r.planned_power:.0f}% |"
+                  for r in confirm.itertuples()]
+        return lines
+    lines += ["| X | hypothesis | ticket − X [CI] | df | p | Holm p | decision | planned power |",
+              "|---" * 8 + "|"]
+    lines += [f"| {label(r.vs)} | {r.kind} | {interval(r)} | {r.df:.1f} | {r.p:.3f} | "
+              f"{r.p_holm:.3f} | {r.decision} | {100 * r.planned_power:.0f}% |"
+              for r in confirm.itertuples()]
     return lines
 
 
@@ -225,14 +252,17 @@ def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig
     """
     comps = comparisons(metrics, analysis.level) if comps is None else comps
     stats_ = seed_stats(point_means(metrics))
-    primary = primary_table(metrics, analysis, deepest_round(metrics))
+    rnd = deepest_round(metrics)
+    primary = primary_table(metrics, analysis, rnd)
+    confirm = confirmation_table(metrics, analysis, rnd)
     curve = trunk_curve(metrics, analysis.level)
     lines = [f"# {title}", "", notes, "", "## Answer", ""]
-    for sentence in answer(primary, curve, analysis):
+    for sentence in answer(primary, curve, analysis, confirm):
         lines += [sentence, ""]
     if len(primary):
         lines += [f"Method: {method_note(analysis, primary)}", ""]
     lines += _primary_section(primary, analysis)
+    lines += _confirmation_section(confirm, analysis)
     lines += ["", "## Dense network against the degraded inputs", "",
               "PSNR in dB; gain = dense − input PSNR" + (" (mean ± sd over seeds)" if
                                                         stats_["seeds"].max() > 1 else "") + ".",

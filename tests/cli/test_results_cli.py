@@ -23,12 +23,12 @@ def report(*args: str) -> subprocess.CompletedProcess:
 def test_report_of_the_committed_full_tier_gives_its_committed_tables(tmp_path: Path) -> None:
     run = tmp_path / "full"
     shutil.copytree(COMMITTED, run, ignore=shutil.ignore_patterns("rerun_*", "notebooks"))
-    for name in ("primary.csv", "comparisons.csv", "summary.md"):
+    for name in ("primary.csv", "confirmation.csv", "comparisons.csv", "summary.md"):
         (run / name).unlink()
     done = report(str(run), "--params", str(CHECKOUT / "params" / "full.yaml"))
     assert done.returncode == 0, done.stderr
     assert "6 primary comparisons" in done.stdout
-    for name in ("primary.csv", "comparisons.csv", "summary.md"):
+    for name in ("primary.csv", "confirmation.csv", "comparisons.csv", "summary.md"):
         assert (run / name).read_text() == (COMMITTED / name).read_text(), name
 
 

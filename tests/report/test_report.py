@@ -20,9 +20,16 @@ from mirl_lib.report.comparisons import (
     read_optional,
     trunk_curve,
 )
-from mirl_lib.report.headline import answer, headline, headline_decisions
+from mirl_lib.report.headline import answer, headline, headline_decisions, primary_sentence
 from mirl_lib.report.means import point_means, seed_stats
-from mirl_lib.report.primary import NOT_SHOWN, SHOWN, UNDECIDABLE, UNTESTABLE, primary_table
+from mirl_lib.report.primary import (
+    NOT_SHOWN,
+    SHOWN,
+    UNDECIDABLE,
+    UNTESTABLE,
+    confirmation_table,
+    primary_table,
+)
 from mirl_lib.report.reproduction import reproduction
 from mirl_lib.report.summary import summary_markdown
 
@@ -158,6 +165,47 @@ def test_headline_is_a_markdown_list_of_the_primary_decisions_and_the_curve() ->
     assert headline_decisions(primary) == {
         "vs dense (noninferiority)": "not shown", "vs reinit (superiority)": "shown",
         "vs random_mask (superiority)": "shown", "vs oneshot (superiority)": "not shown"}
+
+
+def test_a_declared_confirmation_is_pending_then_decided_in_headline_and_summary(
+        tmp_path: Path) -> None:
+    """With ``analysis.confirm_seeds`` the headline and the summary test the primary comparisons
+    on the other seeds, say the confirmation is pending (its planned power, no estimate) while a
+    declared seed is missing, and give its decisions once all are scored; ``analyse_run`` writes
+    ``confirmation.csv``."""
+    from mirl_lib.core.config import Config, StudyConfig
+    from mirl_lib.report.stages import analyse_run
+
+    declared = AnalysisConfig(primary=ANALYSIS.primary, confirm_seeds=(3, 4, 5))
+    data = metrics((0, 1, 2, 3, 4, 5), 1.0)
+    partial = data[data["seed"] != 5]
+    lines = headline(partial, declared).strip().splitlines()
+    assert "tested on the 3 seeds outside the confirmation below" in lines[0]
+    pending = [line for line in lines if line.startswith("- Confirmation")]
+    assert len(pending) == 1 and "**pending**, 2 of 3 seeds scored" in pending[0]
+    assert "seeds 3–5 alone" in pending[0] and "random re-init" in pending[0]
+    planned = confirmation_table(partial, declared, 2).set_index("vs")["planned_power"]
+    assert f"random re-init {100 * planned['reinit']:.0f}%" in pending[0]
+    text = summary_markdown(partial, "t", declared)
+    assert "## Confirmation" in text and "Pending: 2 of 3 seeds scored." in text
+
+    decided = headline(data, declared).strip().splitlines()
+    confirm = confirmation_table(data, declared, 2)
+    assert (confirm["seeds"] == 3).all()
+    shown = int((confirm["decision"] == SHOWN).sum())
+    assert any(line.endswith(f"Holm at α = 0.05: {shown} of 4 shown.")
+               for line in decided)
+    firsts = [line for line in decided if line.startswith("- Confirmation: Ticket vs")]
+    assert len(firsts) == 4
+    row = next(confirm.assign(decision=NOT_SHOWN).itertuples())
+    assert f"planned power {100 * row.planned_power:.0f}%" in primary_sentence(row)
+    assert "| random re-init | superiority | +" in summary_markdown(data, "t", declared)
+
+    cfg = Config(study=StudyConfig(seeds=(0, 1, 2, 3, 4, 5)), analysis=declared)
+    analyse_run(tmp_path, cfg, data)
+    written = pd.read_csv(tmp_path / "confirmation.csv")
+    assert list(written["decision"]) == list(confirm["decision"])
+    assert pd.read_csv(tmp_path / "primary.csv")["seeds"].eq(3).all()
 
 
 def test_summary_has_the_primary_tests_the_curve_and_exploratory_estimates() -> None:
