@@ -179,16 +179,13 @@ class Study:
         todo = [seed for seed in seeds if not self.is_done(seed, strategy, rnd)]
         if len(todo) < 2:
             return [self.run_point(seed, strategy, rnd) for seed in seeds]
-        for seed in todo:
-            PointContext(self, seed, REGISTRY[strategy], rnd,
-                         self.point_dir(seed, strategy, rnd)).check_ready()
-        self.prepare()
-        started = {seed: time.time() for seed in todo}
-        phases = {seed: dict.fromkeys(PHASES, 0.0) for seed in todo}
+        for seed in todo:  # every seed ready before any starts
+            self._context(seed, strategy, rnd).check_ready()
+        opened = {seed: self._open_point(seed, strategy, rnd) for seed in todo}
+        phases = {seed: opened[seed][2] for seed in todo}
         begun = {}
         with torch_threads(self.cfg.train.threads):
             for seed in todo:
-                self.point_dir(seed, strategy, rnd).mkdir(parents=True, exist_ok=True)
                 with _timed(phases[seed], "start"):
                     begun[seed] = self.start(seed, strategy, rnd)
             groups: dict[tuple, list[int]] = {}
@@ -212,10 +209,10 @@ class Study:
             records = {}
             for seed in todo:
                 model, mask, _, extra = begun[seed]
+                folder, started, _ = opened[seed]
                 records[seed] = self._finish(
-                    seed, strategy, rnd, self.point_dir(seed, strategy, rnd), model, mask,
-                    results[seed], started[seed], {**extra, "batched_replicates": sizes[seed]},
-                    phases[seed])
+                    seed, strategy, rnd, folder, model, mask, results[seed], started,
+                    {**extra, "batched_replicates": sizes[seed]}, phases[seed])
         return [records[seed] if seed in records else self.run_point(seed, strategy, rnd)
                 for seed in seeds]
 
@@ -234,15 +231,10 @@ class Study:
         With ``train.gpus`` > 1 the training runs under ``torchrun`` (``mirl_lib.study.rank``),
         one process per GPU; evaluation and the record stay in this process.
         """
-        folder = self.point_dir(seed, strategy, rnd)
         if self.is_done(seed, strategy, rnd):
-            return json.loads((folder / POINT_FILE).read_text())
-        ctx = PointContext(self, seed, REGISTRY[strategy], rnd, folder)
-        ctx.check_ready()
-        self.prepare()
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        phases = dict.fromkeys(PHASES, 0.0)
+            return json.loads((self.point_dir(seed, strategy, rnd) / POINT_FILE).read_text())
+        self._context(seed, strategy, rnd).check_ready()
+        folder, started, phases = self._open_point(seed, strategy, rnd)
         with torch_threads(self.cfg.train.threads):  # evaluation too, not only training
             if self.cfg.train.gpus > 1 and not (folder / FINAL_FILE).exists():
                 with _timed(phases, "start"):  # mask.pt (and init.pt) before the ranks read them
@@ -254,6 +246,19 @@ class Study:
             model, mask, result, extra = self.train_point(seed, strategy, rnd, phases)
             return self._finish(seed, strategy, rnd, folder, model, mask, result, started, extra,
                                 phases)
+
+    def _context(self, seed: int, strategy: str, rnd: int) -> PointContext:
+        folder = self.point_dir(seed, strategy, rnd)
+        return PointContext(self, seed, REGISTRY[strategy], rnd, folder)
+
+    def _open_point(self, seed: int, strategy: str, rnd: int
+                    ) -> tuple[Path, float, dict[str, float]]:
+        """Record the config and make the point's folder (its requirements checked before);
+        returns the folder, the time it started and its phase timers (``PHASES``) at zero."""
+        self.prepare()
+        folder = self.point_dir(seed, strategy, rnd)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder, time.time(), dict.fromkeys(PHASES, 0.0)
 
     def train_point(self, seed: int, strategy: str, rnd: int,
                     phases: dict[str, float] | None = None
@@ -281,7 +286,7 @@ class Study:
         record of them, as its strategy declares."""
         folder = self.point_dir(seed, strategy, rnd)
         declared = REGISTRY[strategy]
-        ctx = PointContext(self, seed, declared, rnd, folder)
+        ctx = self._context(seed, strategy, rnd)
         mask_path = folder / MASK_FILE
         begin = declared.start(ctx, rnd)
         model = declared.network(self.cfg, rnd, begin.state)
