@@ -12,7 +12,7 @@ Options (``--options``, comma-separated, or ``all``): ``fp32`` (the CPU path of
 ``mirl_lib.training.loop``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``, else
 ``foreach=True`` where fused is not supported), ``bf16+channels_last+compile`` (``torch.compile`` of
 the model; the first step's time, compilation included, goes to the note), the CPU's
-``fp32+fused_adamw`` and ``fp32+compile``, and ``channels_last+gemm_pointwise`` (every ungrouped 1x1
+``fp32+fused_adamw``, ``fp32+compile`` and ``channels_last+compile``, and ``channels_last+gemm_pointwise`` (every ungrouped 1x1
 convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_lib.training``), and
 ``batched`` (the step of ``mirl_lib.training.replicates``: every replicate's parameters stacked,
 one ``vmap`` of the network over them, the losses' sum differentiated, one AdamW over the stacked
@@ -127,6 +127,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("bf16+channels_last+compile", bf16=True, channels_last=True, compile=True),
     Option("bf16+channels_last+fused_adamw", bf16=True, channels_last=True, fused_adamw=True),
     Option("fp32+compile", compile=True),
+    Option("channels_last+compile", channels_last=True, compile=True),
     Option("fp32+fused_adamw", fused_adamw=True),
     Option("channels_last+gemm_pointwise", channels_last=True, gemm_pointwise=True),
     Option("batched", batched=True),
@@ -142,8 +143,8 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 # mirl_lib.training.loop runs fp32: channels_last and fused AdamW on top of fp32. Left out on the
 # CPU: bf16 autocast, which CPUs without native bf16 emulate (the cpu preset ran 15x slower than
 # fp32 on the 2-core AVX2 machine of this repository; its row is in the committed CSV), and
-# torch.compile, whose C++ build of even the tiny preset took 11 minutes there (then 1.7x faster
-# steps). Name them with --options to measure them.
+# torch.compile, whose C++ build of the cpu preset took 150-252 s there for steps 0.96-1.05x the
+# eager ones (train_throughput_cpu_compile.csv). Name them with --options to measure them.
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "cuda": ("fp32", "bf16", "channels_last", "bf16+channels_last",
              "bf16+channels_last+fused_adamw", "fp32+cuda_graph", "bf16+channels_last+cuda_graph",
@@ -288,6 +289,15 @@ def graph_step(body: Callable[..., torch.Tensor], optimizer: torch.optim.Optimiz
     return GraphedStep(body, optimizer)
 
 
+def compile_cache() -> tuple[str, bool]:
+    """Where ``torch.compile`` keeps its compiled code between processes and whether anything
+    is there already (a warm cache makes the first step a load, not a build)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    folder = Path(cache_dir())
+    return str(folder), folder.is_dir() and any(folder.iterdir())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -379,6 +389,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
                 return sum(single(x, y) for single, x, y in zip(singles, xs, ys))
 
             params = [dict(m.named_parameters()) for m in models]
+        cache = compile_cache() if option.compile else None
         started = time.perf_counter()
         step(*data)
         _sync(device)
@@ -391,7 +402,8 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
         if pruned:
             raise RuntimeError(f"{pruned} pruned weights became non-zero: the mask was not kept")
         notes.insert(0, f"median of {steps} steps after {warmup}; first step {first:.1f} s"
-                     + (" (compilation)" if option.compile else ""))
+                     + (f" (compilation; inductor cache {cache[0]}: "
+                        f"{'warm' if cache[1] else 'cold'})" if cache else ""))
         if count > 1:
             notes.append(f"{count} replicates " + ("in one batched step" if option.batched
                                                   else "stepped one after the other"))
