@@ -42,15 +42,19 @@ def _x(vs: str) -> str:
 
 
 def needs(row: Any) -> str:
-    """``about 7 seeds give 80% power`` (or that no seed count up to 200 does); for a confirmation
-    (a row with ``planned_power``), the power it was planned with."""
+    """``about 7 seeds give 80% power``, or, where no seed count up to 200 does, how many photos
+    would at the run's seeds (or that none up to 100 does); for a confirmation (a row with
+    ``planned_power``), the power it was planned with."""
     if hasattr(row, "planned_power"):
         return f"planned power {100 * row.planned_power:.0f}%"
-    if pd.isna(row.seeds_needed):
-        return ("no number of seeds up to 200 gives it 80% power on these photos"
-                + (" at the measured difference" if row.kind == "superiority" else
-                   ": more photos would"))
-    return f"about {int(row.seeds_needed)} seeds give 80% power"
+    if pd.notna(row.seeds_needed):
+        return f"about {int(row.seeds_needed)} seeds give 80% power"
+    text = "no number of seeds up to 200 gives it 80% power on these photos"
+    photos = getattr(row, "photos_needed", pd.NA)
+    if pd.notna(photos):
+        return f"{text}; about {int(photos)} photos would, at {int(row.seeds)} seeds"
+    return f"{text}, nor do 100 photos" + (" at the measured difference"
+                                           if row.kind == "superiority" else "")
 
 
 def primary_sentence(row: Any) -> str:

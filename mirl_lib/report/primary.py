@@ -17,7 +17,9 @@ below ``alpha``. Power is simulated: runs of n seeds on the run's photos drawn f
 components it measured, each tested exactly as the run is (``power``): for non-inferiority and
 equivalence at a true difference of 0 (the ticket as good as X), for superiority at the measured
 difference, each at the Bonferroni level ``alpha / k`` (Holm's first step, so conservative).
-``seeds_needed`` is the fewest seeds with at least ``analysis.power``; an equivalence whose
+``seeds_needed`` is the fewest seeds with at least ``analysis.power``, ``photos_needed`` the fewest
+test photos with it at the run's seeds (new photos drawn like the run's: its photo variance, estimated
+from few photos, is taken as the truth); an equivalence whose
 ``1 - 2 alpha`` interval is wider than ``2 m`` at this many seeds is *undecidable* (no outcome could
 show it), never a verdict.
 
@@ -47,7 +49,7 @@ UNTESTABLE = "untestable"  # one seed and one photo: no spread to test against
 PENDING = "pending"  # a confirmation whose seeds are not all scored: no estimate, no decision
 COLUMNS = ["round", "remaining", "vs", "kind", "difference", "se", "df", "ci_low", "ci_high",
            "seeds", "photos", "images", "p", "p_holm", "decision", "power", "seeds_needed",
-           "margin", "alpha", "var_seed", "var_photo", "var_resid"]
+           "photos_needed", "margin", "alpha", "var_seed", "var_photo", "var_resid"]
 # the confirmation's table: the primary columns, then its declared and scored seeds and the power
 # planned from the exploration
 CONFIRM_COLUMNS = [*COLUMNS, "declared_seeds", "scored_seeds", "planned_power"]
@@ -62,19 +64,20 @@ def p_value(result: Crossed, kind: str, margin: float) -> float:
     return max(result.one_sided_p(-margin, above=True), result.one_sided_p(margin, above=False))
 
 
-# ``power`` simulates this many runs per seed count; ``seeds_needed`` tries these seed counts
+# ``power`` simulates this many runs per design; ``seeds_needed`` and ``photos_needed`` try these
 POWER_SIMS = 2000
 SEED_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200)
+PHOTO_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100)
 
 
 def power(result: Crossed, seeds: int, kind: str, margin: float, alpha: float,
-          sims: int = POWER_SIMS) -> float:
-    """The power of the declared test with ``seeds`` seeds on the run's photos: the share of
-    ``sims`` runs simulated from the measured variance components (seed, photo and the rest, each
-    table tested exactly as the run is: crossed interval, one-sided t, level ``alpha``) that show
-    it; the true difference is 0 for non-inferiority and equivalence, the measured one for
-    superiority. Deterministic (fixed generator)."""
-    photos = result.photos
+          sims: int = POWER_SIMS, photos: int | None = None) -> float:
+    """The power of the declared test with ``seeds`` seeds on ``photos`` photos (default: the
+    run's): the share of ``sims`` runs simulated from the measured variance components (seed,
+    photo and the rest, each table tested exactly as the run is: crossed interval, one-sided t,
+    level ``alpha``) that show it; the true difference is 0 for non-inferiority and equivalence,
+    the measured one for superiority. Deterministic (fixed generator)."""
+    photos = result.photos if photos is None else photos
     if seeds < 2 or photos < 2:
         return np.nan
     truth = result.estimate if kind == "superiority" else 0.0
@@ -116,6 +119,24 @@ def seeds_needed(result: Crossed, kind: str, margin: float, alpha: float, target
         else:
             low = middle + 1
     return SEED_GRID[low]
+
+
+def photos_needed(result: Crossed, seeds: int, kind: str, margin: float, alpha: float,
+                  target: float) -> int | None:
+    """The fewest test photos of ``PHOTO_GRID`` whose power reaches ``target`` with ``seeds``
+    seeds (new photos varying as the run's did); None when none does (a superiority whose
+    measured difference is not positive, or seeds that vary too much for any number of
+    photos)."""
+    if seeds < 2 or power(result, seeds, kind, margin, alpha, photos=PHOTO_GRID[-1]) < target:
+        return None
+    low, high = 0, len(PHOTO_GRID) - 1  # power grows with photos: bisect the grid
+    while low < high:
+        middle = (low + high) // 2
+        if power(result, seeds, kind, margin, alpha, photos=PHOTO_GRID[middle]) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return PHOTO_GRID[low]
 
 
 def undecidable(result: Crossed, kind: str, margin: float, alpha: float) -> bool:
@@ -204,15 +225,18 @@ def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
     if table.empty:
         return pd.DataFrame(columns=COLUMNS)
     m, each = analysis.margin_db, analysis.alpha / len(table)
-    decisions, powers, needed = [], [], []
+    decisions, powers, needed, photos = [], [], [], []
     for (item, result), p_holm in zip(results, table["p_holm"]):
         decisions.append(_decision(item, result, p_holm, analysis))
         powers.append(power(result, result.seeds, item.kind, m, each) if with_power else np.nan)
         needed.append(seeds_needed(result, item.kind, m, each, analysis.power)
                       if with_power else None)
+        photos.append(photos_needed(result, result.seeds, item.kind, m, each, analysis.power)
+                      if with_power else None)
     table["decision"] = decisions
     table["power"] = powers
     table["seeds_needed"] = pd.array(needed, dtype="Int64")
+    table["photos_needed"] = pd.array(photos, dtype="Int64")
     return table[COLUMNS]
 
 

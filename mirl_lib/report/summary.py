@@ -86,13 +86,17 @@ def _primary_section(primary: pd.DataFrame, analysis: AnalysisConfig) -> list[st
              f"seeds, simulated from the measured variance components (non-inferiority and "
              f"equivalence at a true difference of 0, superiority at the measured one, each at "
              f"α / {len(primary)}); *seeds for {100 * analysis.power:.0f}%*: the fewest that give "
-             f"it on these photos.", "",
+             f"it on these photos; *photos for {100 * analysis.power:.0f}%*: the fewest test "
+             f"photos that give it at this many seeds, new photos varying as these did.", "",
              "| X | hypothesis | ticket − X [CI] | df | p | Holm p | decision | power | "
-             f"seeds for {100 * analysis.power:.0f}% |", "|---" * 9 + "|"]
+             f"seeds for {100 * analysis.power:.0f}% | photos for {100 * analysis.power:.0f}% |",
+             "|---" * 10 + "|"]
     for r in primary.itertuples():
         needed = "none ≤ 200" if pd.isna(r.seeds_needed) else str(int(r.seeds_needed))
+        photos = "none ≤ 100" if pd.isna(r.photos_needed) else str(int(r.photos_needed))
         lines.append(f"| {label(r.vs)} | {r.kind} | {interval(r)} | {r.df:.1f} | {r.p:.3f} | "
-                     f"{r.p_holm:.3f} | {r.decision} | {100 * r.power:.0f}% | {needed} |")
+                     f"{r.p_holm:.3f} | {r.decision} | {100 * r.power:.0f}% | {needed} | "
+                     f"{photos} |")
     lines += ["", "Variance components of each primary difference (dB², from the seeds × photos "
               "table of cell means): between seeds, between photos, and what is left (their "
               "interaction, and the tasks and crops within a cell).", "",

@@ -189,3 +189,26 @@ def test_a_bad_confirmation_declaration_names_the_key() -> None:
         AnalysisConfig(confirm_seeds=(-1, 2))
     with pytest.raises(ConfigError, match="analysis.confirm_seeds: one seed cannot confirm"):
         AnalysisConfig(confirm_seeds=(7,))
+
+
+def test_where_photos_dominate_no_seed_count_decides_but_photos_do() -> None:
+    """``photos_needed``: the fewest photos of the grid whose power reaches the target at the
+    run's seeds; more seeds do not help a comparison whose spread is between photos."""
+    from mirl_lib.report.intervals import Crossed
+
+    resid = 0.01
+    result = Crossed(0.3, np.nan, np.nan, seeds=5, photos=3, ms_seed=resid + 3 * 0.001,
+                     ms_photo=resid + 5 * 0.2, ms_resid=resid)
+    assert pr.seeds_needed(result, "superiority", 0.25, 0.05, 0.8) is None
+    photos = pr.photos_needed(result, 5, "superiority", 0.25, 0.05, 0.8)
+    assert photos is not None and photos > 3
+    assert pr.power(result, 5, "superiority", 0.25, 0.05, photos=photos) >= 0.8
+    before = pr.PHOTO_GRID[pr.PHOTO_GRID.index(photos) - 1]
+    assert pr.power(result, 5, "superiority", 0.25, 0.05, photos=before) < 0.8
+    lost = Crossed(-0.3, np.nan, np.nan, seeds=5, photos=3, ms_seed=resid, ms_photo=resid,
+                   ms_resid=resid)
+    assert pr.photos_needed(lost, 5, "superiority", 0.25, 0.05, 0.8) is None  # no lead to show
+    data = metrics(3, {"reinit": 0.4}, spread=0.4, seed=1)
+    row = pr.primary_table(data, analysis("reinit:superiority"), 2).iloc[0]
+    expected = pr.photos_needed(crossed_of(data, "reinit"), 3, "superiority", 0.25, 0.05, 0.8)
+    assert (pd.isna(row.photos_needed) and expected is None) or row.photos_needed == expected
