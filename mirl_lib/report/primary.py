@@ -17,9 +17,10 @@ below ``alpha``. Power is simulated: runs of n seeds on the run's photos drawn f
 components it measured, each tested exactly as the run is (``power``): for non-inferiority and
 equivalence at a true difference of 0 (the ticket as good as X), for superiority at the measured
 difference, each at the Bonferroni level ``alpha / k`` (Holm's first step, so conservative).
-``seeds_needed`` is the fewest seeds with at least ``analysis.power``, ``photos_needed`` the fewest
-test photos with it at the run's seeds (new photos drawn like the run's: its photo variance, estimated
-from few photos, is taken as the truth); an equivalence whose
+``seeds_needed`` is the fewest seeds with at least ``analysis.power``, ``photos_needed`` the
+fewest test photos with it at the run's seeds (new photos drawn like the run's: its photo
+variance, estimated from few photos, is taken as the truth); ``planning_table`` prices other
+designs the same way. An equivalence whose
 ``1 - 2 alpha`` interval is wider than ``2 m`` at this many seeds is *undecidable* (no outcome could
 show it), never a verdict.
 
@@ -238,6 +239,29 @@ def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
     table["seeds_needed"] = pd.array(needed, dtype="Int64")
     table["photos_needed"] = pd.array(photos, dtype="Int64")
     return table[COLUMNS]
+
+
+# the designs ``planning_table`` prices: seeds, and photos besides the run's own
+PLAN_SEEDS = (5, 10, 20)
+PLAN_PHOTOS = (10, 30)
+PLAN_COLUMNS = ["vs", "kind", "seeds", "photos", "power"]
+
+
+def planning_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int) -> pd.DataFrame:
+    """The power of each declared comparison under other designs, for planning the next run:
+    ``PLAN_SEEDS`` seeds on the run's photos and on ``PLAN_PHOTOS`` photos, simulated from the
+    variance components the exploration (``primary_table``'s seeds) measured, each at Holm's first
+    step as ``primary_table``'s power (``PLAN_COLUMNS``, one row per comparison and design)."""
+    _, results = _tested(split_seeds(metrics, analysis)[0], analysis, rnd)
+    rows = []
+    for item, result in results:
+        each = analysis.alpha / len(results)
+        for photos in sorted({result.photos, *PLAN_PHOTOS}):
+            for seeds in PLAN_SEEDS:
+                rows.append({"vs": item.vs, "kind": item.kind, "seeds": seeds, "photos": photos,
+                             "power": power(result, seeds, item.kind, analysis.margin_db, each,
+                                            photos=photos)})
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
 def confirmation_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int

@@ -23,7 +23,12 @@ from mirl_lib.report.comparisons import (
 from mirl_lib.report.gains import dense_bars, dense_gains, gains_table
 from mirl_lib.report.headline import answer, deepest_round, method_note
 from mirl_lib.report.means import cell, collapse_of, point_means, sd, seed_stats
-from mirl_lib.report.primary import PENDING, confirmation_table, primary_table
+from mirl_lib.report.primary import (
+    PENDING,
+    confirmation_table,
+    planning_table,
+    primary_table,
+)
 
 # ----- the summary page -------------------------------------------------------------------------
 
@@ -133,6 +138,25 @@ def _confirmation_section(confirm: pd.DataFrame, analysis: AnalysisConfig) -> li
     lines += [f"| {label(r.vs)} | {r.kind} | {interval(r)} | {r.df:.1f} | {r.p:.3f} | "
               f"{r.p_holm:.3f} | {r.decision} | {100 * r.planned_power:.0f}% |"
               for r in confirm.itertuples()]
+    return lines
+
+
+def _planning_section(plan: pd.DataFrame, analysis: AnalysisConfig) -> list[str]:
+    if plan.empty:
+        return []
+    designs = sorted({(int(r.photos), int(r.seeds)) for r in plan.itertuples()})
+    lines = ["", "## Planning: the power of other designs", "",
+             "Each primary comparison's power with S seeds on P test photos (columns S × P), "
+             "simulated from the "
+             "variance components measured above, new photos varying as these did (a variance "
+             "from few photos: a rough guide), at the same level as *power* above. For choosing "
+             "the next run's size, not a result.", "",
+             "| X | hypothesis | " + " | ".join(f"{s} × {p}" for p, s in designs) + " |",
+             "|---|---|" + "---|" * len(designs)]
+    for (vs, kind), rows in plan.groupby(["vs", "kind"], sort=False):
+        by = {(int(r.photos), int(r.seeds)): r.power for r in rows.itertuples()}
+        lines.append(f"| {label(vs)} | {kind} | "
+                     + " | ".join(f"{100 * by[d]:.0f}%" for d in designs) + " |")
     return lines
 
 
@@ -267,6 +291,7 @@ def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig
         lines += [f"Method: {method_note(analysis, primary)}", ""]
     lines += _primary_section(primary, analysis)
     lines += _confirmation_section(confirm, analysis)
+    lines += _planning_section(planning_table(metrics, analysis, rnd), analysis)
     lines += ["", "## Dense network against the degraded inputs", "",
               "PSNR in dB; gain = dense − input PSNR" + (" (mean ± sd over seeds)" if
                                                         stats_["seeds"].max() > 1 else "") + ".",

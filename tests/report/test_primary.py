@@ -212,3 +212,25 @@ def test_where_photos_dominate_no_seed_count_decides_but_photos_do() -> None:
     row = pr.primary_table(data, analysis("reinit:superiority"), 2).iloc[0]
     expected = pr.photos_needed(crossed_of(data, "reinit"), 3, "superiority", 0.25, 0.05, 0.8)
     assert (pd.isna(row.photos_needed) and expected is None) or row.photos_needed == expected
+
+
+def test_the_planning_table_prices_other_designs_from_the_exploration() -> None:
+    """``planning_table``: each comparison's power at ``PLAN_SEEDS`` seeds on the run's photos
+    and on ``PLAN_PHOTOS`` photos, from the exploration's components (confirmation seeds left
+    out), at Holm's first step; the summary shows it."""
+    from mirl_lib.report.summary import summary_markdown
+
+    data = metrics(6, {"reinit": 0.5}, spread=0.3, seed=5)
+    declared = AnalysisConfig(primary=("dense:noninferiority", "reinit:superiority"),
+                              confirm_seeds=(4, 5))
+    plan = pr.planning_table(data, declared, 2)
+    assert list(plan.columns) == pr.PLAN_COLUMNS
+    assert set(zip(plan["seeds"], plan["photos"])) == {
+        (s, p) for s in pr.PLAN_SEEDS for p in (len(PHOTOS), *pr.PLAN_PHOTOS)}
+    row = plan[(plan["vs"] == "reinit") & (plan["seeds"] == 10) & (plan["photos"] == 30)]
+    explore = crossed_of(data[data["seed"] < 4], "reinit")
+    assert row["power"].iloc[0] == pytest.approx(
+        pr.power(explore, 10, "superiority", 0.25, 0.05 / 2, photos=30))
+    text = summary_markdown(data, "t", declared)
+    assert "## Planning: the power of other designs" in text
+    assert "| random re-init | superiority | " in text.split("## Planning")[1]
