@@ -56,12 +56,27 @@ def run_described(params_file: Path, results_root: Path, stage: Stage,
         children.kill_all()
 
 
+# A kernel's ports are chosen free by the client and bound by the kernel a moment later; another
+# kernel starting at that moment (a second job on the node) can take one first. No cell has run
+# then, so papermill is started again, at most this many times.
+KERNEL_START_TRIES = 3
+
+
+def kernel_start_race(log_text: str) -> bool:
+    """Whether papermill stopped because its kernel could not bind a port another process took
+    before it (the kernel died before it replied, nothing ran)."""
+    return ("Kernel died before replying to kernel_info" in log_text
+            and "Address already in use" in log_text)
+
+
 def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
             children: Children, env: dict[str, str], overrides: dict | None = None) -> Path:
     """Run one stage notebook through papermill in a child process (``children``); the executed
     copy and a log go to ``out_dir``. Both are written to hidden temporary files and replace the
     previous ones only when complete, so an interrupted or full-disk run leaves the previous
-    version, never a truncated file. Raises ``StageFailed`` with the notebook's own error."""
+    version, never a truncated file. A kernel that died at its start on a port taken meanwhile
+    (``kernel_start_race``) is started again (``KERNEL_START_TRIES``), the log saying so. Raises
+    ``StageFailed`` with the notebook's own error."""
     output = executed_notebook(stage, out_dir)
     log = output.with_suffix(".log")
     partial_nb = out_dir / f".{output.stem}.partial.ipynb"
@@ -72,11 +87,24 @@ def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
                              "--cwd", str(NOTEBOOKS), "--kernel", "python3", "--no-progress-bar",
                              "-y", json.dumps(parameters))
     with open(partial_log, "w") as stream:
-        proc = children.start(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
-        try:
-            code, failed = _wait_or_fail_early(proc, partial_nb)
-        finally:
-            children.finished(proc)
+        for attempt in range(1, KERNEL_START_TRIES + 1):
+            start = stream.tell()
+            proc = children.start(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+            try:
+                code, failed = _wait_or_fail_early(proc, partial_nb)
+            finally:
+                children.finished(proc)
+            stream.flush()
+            with open(partial_log, errors="replace") as attempt_log:
+                attempt_log.seek(start)
+                raced = kernel_start_race(attempt_log.read())
+            if not (code != 0 and failed is None and not children.stopping and raced
+                    and attempt < KERNEL_START_TRIES):
+                break
+            stream.write(f"\n[mirl] the kernel could not bind a port another process took; "
+                         f"starting papermill again (attempt {attempt + 1} of "
+                         f"{KERNEL_START_TRIES})\n\n")
+            stream.flush()
     log_text = partial_log.read_text(errors="replace")
     full = _disk_full(out_dir, log_text)
     stopped = code != 0 and children.stopping and failed is None  # stopped by the runner

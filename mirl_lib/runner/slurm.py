@@ -251,6 +251,9 @@ class SlurmStages:
         log = self.log_path(stage)
         notebook = self.notebook_for(stage)
         text = log.read_text(errors="replace") if log.is_file() else ""
+        own_log = notebook.with_suffix(".log") if notebook is not None else None
+        if own_log is not None and own_log.is_file():  # papermill's own output, then the job's
+            text = own_log.read_text(errors="replace") + "\n" + text
         reason = failure_reason(notebook if notebook is not None and notebook.exists() else None,
                                 text)
         slurm_log = record.job().paths.stdout

@@ -1,0 +1,87 @@
+"""``runner.papermill.execute``: a kernel that died at its start because another process took
+its port is started again; any other failure is reported at once, not retried."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirl_lib.core.processes import Children
+from mirl_lib.runner import papermill as pm
+from mirl_lib.study.stage import Stage
+
+# What papermill prints when its kernel lost the port race (abridged from a real CI log)
+RACE = ("zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:55251')\n"
+        "RuntimeError: Kernel died before replying to kernel_info\n")
+NOTEBOOK = ('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+
+FAKE = '''
+import sys
+from pathlib import Path
+count = Path(sys.argv[1])
+failures, message = int(sys.argv[2]), sys.argv[3]
+runs = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(runs))
+if runs <= failures:
+    print(message, flush=True)
+    sys.exit(1)
+Path(sys.argv[4]).write_text(sys.argv[5])
+'''
+
+
+@pytest.fixture
+def fake_papermill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``execute`` runs a stand-in for papermill that fails its first ``failures`` runs with
+    ``message``, then writes the executed notebook; returns a setter and the run counter."""
+    script = tmp_path / "fake_papermill.py"
+    script.write_text(FAKE)
+    counter = tmp_path / "runs"
+    setting = {}
+
+    def command(module: str, template: str, output: str, *rest: str) -> list[str]:
+        assert module == "papermill"
+        return [sys.executable, str(script), str(counter), str(setting["failures"]),
+                setting["message"], output, NOTEBOOK]
+
+    monkeypatch.setattr(pm, "module_command", command)
+
+    def configure(failures: int, message: str) -> None:
+        setting.update(failures=failures, message=message)
+
+    return configure, counter
+
+
+def run(tmp_path: Path) -> Path:
+    stage = Stage("dense", "01_dense.ipynb", {"seed": [0]})
+    return pm.execute(stage, tmp_path / "p.yaml", tmp_path / "results", tmp_path / "notebooks",
+                      Children(), {})
+
+
+def test_a_kernel_that_lost_its_port_is_started_again(tmp_path: Path, fake_papermill) -> None:
+    configure, counter = fake_papermill
+    (tmp_path / "notebooks").mkdir()
+    configure(2, RACE)
+    output = run(tmp_path)
+    assert output.read_text() == NOTEBOOK and counter.read_text() == "3"
+    log = output.with_suffix(".log").read_text()
+    assert log.count("starting papermill again") == 2 and "attempt 3 of 3" in log
+    assert pm.kernel_start_race(RACE) and not pm.kernel_start_race("RuntimeError: boom\n")
+
+
+def test_the_race_is_retried_a_bounded_number_of_times(tmp_path: Path, fake_papermill) -> None:
+    configure, counter = fake_papermill
+    (tmp_path / "notebooks").mkdir()
+    configure(pm.KERNEL_START_TRIES, RACE)
+    with pytest.raises(pm.StageFailed, match="RuntimeError: Kernel died before replying"):
+        run(tmp_path)
+    assert counter.read_text() == str(pm.KERNEL_START_TRIES)
+
+
+def test_any_other_failure_is_not_retried(tmp_path: Path, fake_papermill) -> None:
+    configure, counter = fake_papermill
+    (tmp_path / "notebooks").mkdir()
+    configure(1, "ValueError: the stage itself failed")
+    with pytest.raises(pm.StageFailed, match="ValueError: the stage itself failed"):
+        run(tmp_path)
+    assert counter.read_text() == "1"
