@@ -34,6 +34,7 @@ variance components as above.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,21 +106,27 @@ def _p_values(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, kind: str, m
     return p
 
 
+def _fewest(grid: tuple[int, ...], reaches: Callable[[int], bool]) -> int | None:
+    """The smallest entry of ``grid`` for which ``reaches`` holds, power growing along the grid
+    (bisected); None when even the last does not."""
+    if not reaches(grid[-1]):
+        return None
+    low, high = 0, len(grid) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if reaches(grid[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return grid[low]
+
+
 def seeds_needed(result: Crossed, kind: str, margin: float, alpha: float, target: float
                  ) -> int | None:
     """The fewest seeds of ``SEED_GRID`` whose power reaches ``target`` on the run's photos; None
     when none does (a superiority whose measured difference is not positive, or photos that vary
     too much for any number of seeds: more photos would be needed)."""
-    if power(result, SEED_GRID[-1], kind, margin, alpha) < target:
-        return None
-    low, high = 0, len(SEED_GRID) - 1  # power grows with seeds: bisect the grid
-    while low < high:
-        middle = (low + high) // 2
-        if power(result, SEED_GRID[middle], kind, margin, alpha) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    return SEED_GRID[low]
+    return _fewest(SEED_GRID, lambda n: power(result, n, kind, margin, alpha) >= target)
 
 
 def photos_needed(result: Crossed, seeds: int, kind: str, margin: float, alpha: float,
@@ -128,16 +135,10 @@ def photos_needed(result: Crossed, seeds: int, kind: str, margin: float, alpha: 
     seeds (new photos varying as the run's did); None when none does (a superiority whose
     measured difference is not positive, or seeds that vary too much for any number of
     photos)."""
-    if seeds < 2 or power(result, seeds, kind, margin, alpha, photos=PHOTO_GRID[-1]) < target:
+    if seeds < 2:
         return None
-    low, high = 0, len(PHOTO_GRID) - 1  # power grows with photos: bisect the grid
-    while low < high:
-        middle = (low + high) // 2
-        if power(result, seeds, kind, margin, alpha, photos=PHOTO_GRID[middle]) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    return PHOTO_GRID[low]
+    return _fewest(PHOTO_GRID,
+                   lambda n: power(result, seeds, kind, margin, alpha, photos=n) >= target)
 
 
 def undecidable(result: Crossed, kind: str, margin: float, alpha: float) -> bool:
@@ -253,9 +254,8 @@ def planning_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int) ->
     variance components the exploration (``primary_table``'s seeds) measured, each at Holm's first
     step as ``primary_table``'s power (``PLAN_COLUMNS``, one row per comparison and design)."""
     _, results = _tested(split_seeds(metrics, analysis)[0], analysis, rnd)
-    rows = []
+    rows, each = [], analysis.alpha / max(len(results), 1)
     for item, result in results:
-        each = analysis.alpha / len(results)
         for photos in sorted({result.photos, *PLAN_PHOTOS}):
             for seeds in PLAN_SEEDS:
                 rows.append({"vs": item.vs, "kind": item.kind, "seeds": seeds, "photos": photos,
@@ -275,7 +275,7 @@ def confirmation_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int
     if not analysis.confirm_seeds:
         return pd.DataFrame(columns=CONFIRM_COLUMNS)
     explore, confirm = split_seeds(metrics, analysis)
-    planned_from, explored = _tested(explore, analysis, rnd)
+    _, explored = _tested(explore, analysis, rnd)
     declared_n = len(analysis.confirm_seeds)
     scored = sorted(set(confirm["seed"]) & set(analysis.confirm_seeds))
     m = analysis.margin_db

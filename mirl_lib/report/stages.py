@@ -63,13 +63,14 @@ def analyse_run(run_dir: Path, cfg: Config, metrics: pd.DataFrame | None = None
     rnd = deepest_round(metrics)
     primary = primary_table(metrics, analysis, rnd)
     atomic_write_text(primary.to_csv(index=False), run_dir / PRIMARY_FILE)
+    confirm = confirmation_table(metrics, analysis, rnd)
     if analysis.confirm_seeds:
-        atomic_write_text(confirmation_table(metrics, analysis, rnd).to_csv(index=False),
-                          run_dir / CONFIRMATION_FILE)
+        atomic_write_text(confirm.to_csv(index=False), run_dir / CONFIRMATION_FILE)
     summary = write_summary(run_dir, metrics, f"mirl study `{cfg.study.name}`",
                             analysis, config_notes(cfg),
                             heldout=read_optional(run_dir / HELDOUT_FILE),
-                            points=read_optional(run_dir / CATALOG_FILE), comps=comps)
+                            points=read_optional(run_dir / CATALOG_FILE), comps=comps,
+                            primary=primary, confirm=confirm)
     return primary, summary
 
 

@@ -267,7 +267,9 @@ def _collapse_section(points: pd.DataFrame, rounds: list[int]) -> list[str]:
 
 def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig,
                      notes: str = "", heldout: pd.DataFrame | None = None,
-                     points: pd.DataFrame | None = None, comps: pd.DataFrame | None = None) -> str:
+                     points: pd.DataFrame | None = None, comps: pd.DataFrame | None = None,
+                     primary: pd.DataFrame | None = None, confirm: pd.DataFrame | None = None
+                     ) -> str:
     """The study's summary page.
 
     ``## Answer`` (``headline.answer``: the primary decisions and the trunk curve) and the method
@@ -275,14 +277,15 @@ def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig
     network against the degraded inputs; all-in-one PSNR by strategy and round (mean ± sd over
     seeds); the trunk curve with its simultaneous band; per branch round, ticket − X per task as
     exploratory estimates; with ``heldout`` (the run's ``heldout.csv``) a held-out section; with
-    ``points`` (the run's ``catalog.csv``) a layer-collapse section. ``comps``: a precomputed
-    ``comparisons(metrics)``.
+    ``points`` (the run's ``catalog.csv``) a layer-collapse section. ``comps``, ``primary`` and
+    ``confirm``: a precomputed ``comparisons(metrics)``, ``primary_table`` and
+    ``confirmation_table`` at the deepest round (their power simulations take seconds).
     """
     comps = comparisons(metrics, analysis.level) if comps is None else comps
     stats_ = seed_stats(point_means(metrics))
     rnd = deepest_round(metrics)
-    primary = primary_table(metrics, analysis, rnd)
-    confirm = confirmation_table(metrics, analysis, rnd)
+    primary = primary_table(metrics, analysis, rnd) if primary is None else primary
+    confirm = confirmation_table(metrics, analysis, rnd) if confirm is None else confirm
     curve = trunk_curve(metrics, analysis.level)
     lines = [f"# {title}", "", notes, "", "## Answer", ""]
     for sentence in answer(primary, curve, analysis, confirm):
@@ -320,11 +323,13 @@ def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig
 
 def write_summary(run_dir: Path, metrics: pd.DataFrame, title: str, analysis: AnalysisConfig,
                   notes: str = "", heldout: pd.DataFrame | None = None,
-                  points: pd.DataFrame | None = None, comps: pd.DataFrame | None = None) -> Path:
+                  points: pd.DataFrame | None = None, comps: pd.DataFrame | None = None,
+                  primary: pd.DataFrame | None = None, confirm: pd.DataFrame | None = None
+                  ) -> Path:
     """Write ``<run>/summary.md`` (``summary_markdown``)."""
     path = Path(run_dir) / SUMMARY_FILE
-    atomic_write_text(summary_markdown(metrics, title, analysis, notes, heldout, points, comps),
-                      path)
+    atomic_write_text(summary_markdown(metrics, title, analysis, notes, heldout, points, comps,
+                                       primary, confirm), path)
     return path
 
 
