@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from hostprobe import Probe  # noqa: E402
 from train_throughput import COLUMNS, DEFAULT_OUT, forward_gflop, known_peak, merge  # noqa: E402
 
 from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
@@ -138,6 +139,7 @@ def measure(directory: Path, device: torch.device, batch: int, patch: int, steps
         weights = [p for n, p in model.named_parameters() if "weight" in n]
         for param, keep in zip(weights, model.mask, strict=True):
             param.mul_(keep)
+    probe = Probe(device)
     times, first, peak = time_steps(model, device, batch, patch, steps, warmup)
     kept = sum(int((p.detach() != 0).sum()) for p in weights)
     outside = sum(int((p.detach()[m == 0] != 0).sum()) for p, m in zip(weights, model.mask))
@@ -162,7 +164,7 @@ def measure(directory: Path, device: torch.device, batch: int, patch: int, steps
            else float("nan"),
            "peak_mem_mb": round(peak, 1),
            "mem_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "",
-           "threads": torch.get_num_threads(), "note": note}
+           "threads": torch.get_num_threads(), **probe.row(), "note": note}
     return pd.DataFrame([row], columns=list(COLUMNS))
 
 

@@ -43,6 +43,11 @@ through ``/proc/self/clear_refs`` where Linux allows it, else the peak since the
 which includes Python and torch themselves; ``mem_kind`` says which. On the CPU the note gives the
 one-minute load average after the option: other processes on a small machine slow a run down.
 
+Host: ``measured`` (UTC) and ``gemm_gflops``, a fixed fp32 matrix product timed on the device
+just before and just after each row's option (``hostprobe.py``): rows compare directly only where
+their probes agree; the virtual machines of this repository ran the same step 1.7x apart under one
+CPU model name.
+
 Writes ``results/benchmarks/train_throughput.csv`` (or ``--out``) atomically after each option, so
 a run stopped by a time limit keeps what it measured. A row of the same device name, preset, batch,
 patch, threads and option is replaced, every other row is kept, so CPU and GPU rows sit side by
@@ -74,6 +79,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchrows import merge_rows, one_line  # noqa: E402
+from hostprobe import Probe  # noqa: E402
 
 from mirl_lib.core.config import PRESETS, TrainConfig  # noqa: E402
 from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
@@ -91,13 +97,14 @@ DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_throughput.csv"
 COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "parameters", "batch",
                             "patch", "option", "replicates", "step_ms", "images_per_s",
                             "gflop_per_step", "achieved_tflops", "peak_tflops", "peak_share",
-                            "peak_mem_mb", "mem_kind", "threads", "note")
+                            "peak_mem_mb", "mem_kind", "threads", "measured", "gemm_gflops",
+                            "note")
 # A rerun replaces the rows it shares all of these with; every other row is kept.
 RUN_KEY: tuple[str, ...] = ("device_name", "preset", "batch", "patch", "threads", "option",
                             "replicates")
-# Columns added after rows were committed, with what an older row stands for (one training; the
-# FLOP columns unknown).
-LATER: dict[str, object] = {"replicates": 1}
+# Columns added after rows were committed, with what an older row stands for (one training; when
+# and on how fast a machine unknown; the FLOP columns, also unknown, are completed from shapes).
+LATER: dict[str, object] = {"replicates": 1, "measured": "", "gemm_gflops": float("nan")}
 # Dense bf16 tensor-core peaks (TFLOP/s, SXM parts, without sparsity) by a word of the device name.
 KNOWN_PEAKS: dict[str, float] = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
 DENSITY = 0.1  # fraction of every prunable tensor the benchmark mask keeps
@@ -486,6 +493,7 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
         for option in options:
             log(f"{option.name}, {count} replicate(s): {warmup} warm-up + {steps} timed steps ...")
             gflop = 3 * forward * count
+            probe = Probe(device)
             try:
                 got = measure(option, templates[:count], mask, device, batch, patch, steps,
                               warmup)
@@ -505,7 +513,7 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
                        "note": f"failed: {one_line(exc)}"}
             finally:
                 _release(option, device)
-            rows.append({**facts, **row})
+            rows.append({**facts, **probe.row(), **row})
             log(f"  {row['step_ms']} ms/step, {row['images_per_s']} images/s, "
                 f"{row['achieved_tflops']} TFLOP/s, {row['peak_mem_mb']} MB peak; {row['note']}")
             if on_row is not None:

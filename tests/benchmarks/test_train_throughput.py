@@ -66,6 +66,10 @@ def test_rows_and_merge_keep_other_devices(bench: ModuleType, tmp_path: Path, on
         assert row.images_per_s == pytest.approx(2 / row.step_ms * 1000, rel=0.01)
         assert row.mem_kind.startswith("process peak RSS") and "first step" in row.note
     assert "where train.cpu_channels_last is set" in new["note"].iloc[1]
+    # when and on how fast a machine: each new row probed, the rows from before the columns not
+    assert (new["gemm_gflops"] > 0).all()
+    assert new["measured"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ").all()
+    assert table["gemm_gflops"][:3].isna().all() and table["measured"][:3].isna().all()
     assert "fp32" in printed and "channels_last" in printed and str(out) in printed
 
 
