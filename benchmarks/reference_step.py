@@ -1,4 +1,5 @@
-"""The published MIR-L code's own training step, timed as ``train_throughput.py`` times mirl's.
+"""The published MIR-L code's own training step, timed as ``train_throughput.py`` times mirl's
+(its ``time_step``: the same warm-up and the same clocks).
 
 Run ``python benchmarks/reference_step.py --reference DIR`` where ``DIR`` is a checkout of the
 published MIR-L repository (github.com/Thomkat/MIR-L; it needs ``lightning`` and ``einops``).
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,7 +37,14 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from hostprobe import Probe  # noqa: E402
-from train_throughput import COLUMNS, DEFAULT_OUT, forward_gflop, known_peak, merge  # noqa: E402
+from train_throughput import (  # noqa: E402
+    COLUMNS,
+    DEFAULT_OUT,
+    forward_gflop,
+    known_peak,
+    merge,
+    time_step,
+)
 
 from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
@@ -103,26 +110,7 @@ def time_steps(model: torch.nn.Module, device: torch.device, batch: int, patch: 
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    first = time.perf_counter() - started
-    for _ in range(max(warmup - 1, 0)):
-        step()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1000)
+    times, first = time_step(step, (), device, steps, warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
     return times, first, peak
 

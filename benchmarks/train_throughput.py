@@ -305,34 +305,49 @@ def compile_cache() -> tuple[str, bool]:
     return str(folder), folder.is_dir() and any(folder.iterdir())
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed_steps(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, steps: int
-                 ) -> list[float]:
-    """Milliseconds of each of ``steps`` steps: CUDA events on CUDA, ``perf_counter`` else."""
+def timed_steps(step: Callable[..., torch.Tensor], data: tuple, device: torch.device, steps: int
+                ) -> list[float]:
+    """Milliseconds of each of ``steps`` calls of ``step(*data)`` (it returns a detached loss):
+    CUDA events recorded around each step without waiting between steps on CUDA,
+    ``perf_counter`` else; a loss that is not finite raises."""
     running = torch.zeros((), device=device)
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(steps)]
         for start, end in events:
             start.record()
-            running += step(*batch)
+            running += step(*data)
             end.record()
-        _sync(device)
+        synchronize(device)
         times = [start.elapsed_time(end) for start, end in events]
     else:
         times = []
         for _ in range(steps):
             started = time.perf_counter()
-            running += step(*batch)
+            running += step(*data)
             times.append((time.perf_counter() - started) * 1000)
     if not torch.isfinite(running):
         raise RuntimeError(f"the loss is not finite ({running.item()})")
     return times
+
+
+def time_step(step: Callable[..., torch.Tensor], data: tuple, device: torch.device, steps: int,
+              warmup: int) -> tuple[list[float], float]:
+    """How every row of ``train_throughput.csv`` is timed, mirl's options and the published
+    code's step alike: the first step's seconds (to its end on the device), ``warmup - 1`` more
+    steps untimed, then ``timed_steps`` of ``steps``."""
+    started = time.perf_counter()
+    step(*data)
+    synchronize(device)
+    first = time.perf_counter() - started
+    if warmup > 1:
+        timed_steps(step, data, device, warmup - 1)
+    return timed_steps(step, data, device, steps), first
 
 
 def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch.device,
@@ -397,13 +412,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
 
             params = [dict(m.named_parameters()) for m in models]
         cache = compile_cache() if option.compile else None
-        started = time.perf_counter()
-        step(*data)
-        _sync(device)
-        first = time.perf_counter() - started
-        if warmup > 1:
-            _timed_steps(step, data, device, warmup - 1)
-        times = _timed_steps(step, data, device, steps)
+        times, first = time_step(step, data, device, steps, warmup)
         pruned = sum(int((p.detach()[~device_mask[n]] != 0).sum())
                      for named in params for n, p in named.items() if n in mask)
         if pruned:

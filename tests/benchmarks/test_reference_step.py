@@ -1,5 +1,6 @@
-"""``benchmarks/reference_step.py``: the published code's mask format and its refusals (the step
-itself needs the published checkout and lightning: it runs in ``scripts/gpu_check.sh``)."""
+"""``benchmarks/reference_step.py``: the published code's mask format, its refusals, and its step
+timed as mirl's, on a stand-in with the published objects' methods (the published step itself
+needs the published checkout and lightning: it runs in ``scripts/gpu_check.sh``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ from types import ModuleType
 
 import pandas as pd
 import pytest
+import torch
 from script_loader import script_fixture
 
 from mirl_lib.files.paths import CHECKOUT
@@ -39,3 +41,48 @@ def test_bad_input_is_one_error_and_keeps_the_csv(ref: ModuleType, tmp_path: Pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and problem in err[0], err
     assert out.read_text() == before
+
+
+class StandIn(torch.nn.Module):
+    """The four methods of the published ``MIRLModel`` that the benchmark calls, recording their
+    order, around one convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.calls: list[str] = []
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list]:
+        return [torch.optim.AdamW(self.parameters(), lr=1e-3)], []
+
+    def training_step(self, batch: tuple, index: int) -> torch.Tensor:
+        self.calls.append("training_step")
+        _, degraded, clean = batch
+        return (self.conv(degraded) - clean).abs().mean()
+
+    def on_after_backward(self) -> None:
+        self.calls.append("on_after_backward")
+        assert self.conv.weight.grad is not None
+
+    def optimizer_step(self, epoch: int, index: int, optimizer: torch.optim.Optimizer) -> None:
+        self.calls.append("optimizer_step")
+        optimizer.step()
+
+
+def test_the_published_step_is_timed_as_mirls(ref: ModuleType) -> None:
+    """The published objects' step, in Lightning's order, through ``train_throughput``'s own
+    timing: one first step, ``warmup - 1`` untimed, ``steps`` timed."""
+    model = StandIn()
+    before = model.conv.weight.detach().clone()
+    times, first, peak = ref.time_steps(model, torch.device("cpu"), 2, 16, steps=3, warmup=2)
+    assert len(times) == 3 and all(t > 0 for t in times) and first > 0
+    assert model.calls == ["training_step", "on_after_backward", "optimizer_step"] * 5
+    assert not torch.equal(model.conv.weight, before)  # the optimizer stepped
+    assert peak != peak  # no CUDA: no peak
+
+
+def test_a_step_whose_loss_is_not_finite_is_refused(ref: ModuleType) -> None:
+    model = StandIn()
+    model.training_step = lambda batch, index: model.conv.weight.sum() * float("nan")
+    with pytest.raises(RuntimeError, match="not finite"):
+        ref.time_steps(model, torch.device("cpu"), 2, 16, steps=2, warmup=1)
