@@ -3,10 +3,10 @@
 Trains the dense network of a params file (default ``params/default.yaml``) with the patch size,
 batch size, learning rate and step count given here, keeps its weights at the ``--at`` steps, and
 scores each snapshot and the final network on the bundled test photos and on the held-out check
-(``mirl_lib.data.heldout``: unseen photos, out-of-range rain and haze). Appends one row per (snapshot,
-set, task) to ``results/benchmarks/dense_probe.csv``: the PSNR gain and the SSIM change over the
-degraded input, which is what the full tier's bars are about (>= +3 dB and rising SSIM on every
-task of the test photos; beating the input on every held-out task)::
+(``mirl_lib.data.heldout``: unseen photos, out-of-range rain and haze). Appends one row per
+(snapshot, set, task) to ``results/benchmarks/dense_probe.csv``: the PSNR gain and the SSIM change
+over the degraded input, which is what the full tier's bars are about (>= +3 dB and rising SSIM on
+every task of the test photos; beating the input on every held-out task)::
 
     python benchmarks/dense_probe.py --patch 48 --batch 8 --lr 2e-3 --steps 600 --at 300
     python benchmarks/dense_probe.py --params params/full.yaml --steps 400 --psnr-weight 0.01 \
@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mirl_lib.core.config import load_config  # noqa: E402
-from mirl_lib.core.protocol import task_means
+from mirl_lib.core.protocol import task_means  # noqa: E402
 from mirl_lib.data.heldout import load_heldout_set  # noqa: E402
-from mirl_lib.data.stream import build_train_source
-from mirl_lib.data.testset import load_test_set
-from mirl_lib.evaluation.scoring import evaluate
+from mirl_lib.data.stream import build_train_source  # noqa: E402
+from mirl_lib.data.testset import load_test_set  # noqa: E402
+from mirl_lib.evaluation.scoring import evaluate  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.net.checkpoints import load_model  # noqa: E402
 from mirl_lib.net.promptir import build_model  # noqa: E402
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--at: every snapshot step must lie in 1..{args.steps - 1}")
     with tempfile.TemporaryDirectory(prefix="mirl-probe-") as work:
         table = probe(args.params, args.patch, args.batch, args.lr, args.steps, at, args.seed,
-                      args.threads, Path(work), args.ssim_weight, args.channels_last, args.psnr_weight,
-                      args.bundled_train,
+                      args.threads, Path(work), args.ssim_weight, args.channels_last,
+                      args.psnr_weight, args.bundled_train,
                       tuple(int(w) for w in args.task_weights.split(",") if w.strip()),
                       args.device, args.haze_depth)
     if args.out.exists():

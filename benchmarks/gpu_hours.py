@@ -1,9 +1,9 @@
 """GPU-hours that ``params/paper.yaml`` needs, from a measured training throughput.
 
-Reads the CUDA rows of ``results/benchmarks/train_throughput.csv`` (``benchmarks/train_throughput.py``
-on a GPU), counts the trainings the paper study runs (``Study.points()``: dense, 15 trunk rounds,
-every branch of ``study.branches`` at the branch rounds; the small-dense control is counted at
-the full network's throughput, an overestimate)
+Reads the CUDA rows of ``results/benchmarks/train_throughput.csv``
+(``benchmarks/train_throughput.py`` on a GPU), counts the trainings the paper study runs
+(``Study.points()``: dense, 15 trunk rounds, every branch of ``study.branches`` at the branch
+rounds; the small-dense control is counted at the full network's throughput, an overestimate)
 and the images each one sees (120 epochs of the published mixture), and writes
 ``results/benchmarks/gpu_hours.csv``::
 
@@ -11,8 +11,8 @@ and the images each one sees (120 epochs of the published mixture), and writes
 
 Rows with several ``replicates`` count the images of all of them (several seeds trained at once
 on one GPU). Training only: evaluation, checkpointing and data loading stalls are not counted
-(the data loader benchmark shows the loader is not the bottleneck). One epoch of the published mixture, as the
-paper states its data: 3 sigmas x 3 repeats x (WED 4,744 + BSD400 400) clean images,
+(the data loader benchmark shows the loader is not the bottleneck). One epoch of the published
+mixture, as the paper states its data: 3 sigmas x 3 repeats x (WED 4,744 + BSD400 400) clean images,
 Rain100L 200 pairs x 120 repeats, and 72,135 OTS pairs.
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ def estimate(throughput: pd.DataFrame, params: Path, option: str | None) -> pd.D
     out["hours_per_training"] = images / out["images_per_s"] / 3600
     out["gpu_hours_total"] = out["hours_per_training"] * trainings
     # the MIR-L trunk alone (dense + every pruning round), without the ablations and controls
-    out["gpu_hours_trunk"] = out["hours_per_training"] * (1 + cfg.prune.rounds) * len(cfg.study.seeds)
+    out["gpu_hours_trunk"] = (out["hours_per_training"] * (1 + cfg.prune.rounds)
+                              * len(cfg.study.seeds))
     return out.sort_values("gpu_hours_total").reset_index(drop=True)
 
 

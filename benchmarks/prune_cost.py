@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--scope", default="default", choices=["default", "reference"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "prune_cost.csv")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "results" / "benchmarks" / "prune_cost.csv")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -64,7 +65,8 @@ def main() -> None:
         rows = []
         for name, fn in operations.items():
             median, fastest = timed(fn, args.repeats)
-            rows.append({"operation": name, "preset": args.preset, "params": count_parameters(model),
+            rows.append({"operation": name, "preset": args.preset,
+                         "params": count_parameters(model),
                          "seconds_median": round(median, 4), "seconds_min": round(fastest, 4),
                          "repeats": args.repeats, "threads": torch.get_num_threads(),
                          "torch_version": torch.__version__})

@@ -279,7 +279,8 @@ def parse_list(text: str, kind: type, flag: str) -> list:
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"{flag} {text!r}: not a comma-separated list of {kind.__name__}") from None
+        raise ConfigError(f"{flag} {text!r}: not a comma-separated list of "
+                          f"{kind.__name__}") from None
     if not values:
         raise ConfigError(f"{flag}: nothing given")
     return values

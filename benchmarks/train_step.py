@@ -4,23 +4,24 @@ Run ``python benchmarks/train_step.py`` on a quiet machine (nothing else using i
 ``results/benchmarks/train_step.csv`` (or ``--out``). ``--quick`` takes a few steps only, to check
 that the script works (its figures are not worth keeping).
 
-The step is the one ``mirl_lib.training.loop`` runs for a pruning round of the study's default config
-(``params/default.yaml``: the model preset, AdamW settings, warm-up + cosine schedule through
-``mirl_lib.training.loop.lr_factor``): forward under ``torch.autocast("cpu", dtype=torch.bfloat16)`` when
-the option says bf16, L1 loss on the float32 output, ``zero_grad``, backward with ``MaskEnforcer``
-zeroing the gradients of pruned weights, AdamW step, scheduler step. The mask is a ~50% global
-magnitude mask of the config's pruning scope (``mirl_lib.pruning.rules.global_magnitude`` at rate 0.5),
-one round's worth of the study. One fixed random batch: data loading is not timed.
+The step is the one ``mirl_lib.training.loop`` runs for a pruning round of the study's default
+config (``params/default.yaml``: the model preset, AdamW settings, warm-up + cosine schedule through
+``mirl_lib.training.loop.lr_factor``): forward under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+when the option says bf16, L1 loss on the float32 output, ``zero_grad``, backward with
+``MaskEnforcer`` zeroing the gradients of pruned weights, AdamW step, scheduler step. The mask is a
+~50% global magnitude mask of the config's pruning scope
+(``mirl_lib.pruning.rules.global_magnitude`` at rate 0.5), one round's worth of the study. One fixed
+random batch: data loading is not timed.
 
-Options: ``fp32`` (what ``mirl_lib.training.loop`` runs on the CPU), ``channels_last`` (inputs and 4-D
-weights in channels-last layout, ``mirl_lib.training.loop.set_memory_format``), ``bf16`` autocast, and
-``bf16+channels_last`` (what ``mirl_lib.training.loop`` runs on CUDA). Each is measured at every
-``--threads`` count and every ``--shapes`` batch x patch. Within one (threads, shape) group the
-options take turns step by step (after ``--warmup`` untimed steps each), so a change in background
-load touches every option alike. Time: ``time.perf_counter`` around each step; the row gives the
-median and 90th percentile over ``--steps`` timed steps, the speedup of the median over ``fp32``'s,
-and ``chosen`` marks the fastest option of its group. CPUs without native bf16 (no AMX, see the
-``amx`` column) emulate it, so bf16 is expected to be much slower there.
+Options: ``fp32`` (what ``mirl_lib.training.loop`` runs on the CPU), ``channels_last`` (inputs and
+4-D weights in channels-last layout, ``mirl_lib.training.loop.set_memory_format``), ``bf16``
+autocast, and ``bf16+channels_last`` (what ``mirl_lib.training.loop`` runs on CUDA). Each is
+measured at every ``--threads`` count and every ``--shapes`` batch x patch. Within one (threads,
+shape) group the options take turns step by step (after ``--warmup`` untimed steps each), so a
+change in background load touches every option alike. Time: ``time.perf_counter`` around each step;
+the row gives the median and 90th percentile over ``--steps`` timed steps, the speedup of the median
+over ``fp32``'s, and ``chosen`` marks the fastest option of its group. CPUs without native bf16 (no
+AMX, see the ``amx`` column) emulate it, so bf16 is expected to be much slower there.
 
 Rows: one per (threads, batch, patch, option). A rerun replaces every row of the same ``device``
 (the CPU model name) and keeps the rows of other devices, so measurements of several machines
@@ -59,10 +60,7 @@ from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.net.promptir import PromptIR, build_model  # noqa: E402
 from mirl_lib.pruning.masks import Mask, MaskEnforcer, full_mask  # noqa: E402
 from mirl_lib.pruning.rules import global_magnitude  # noqa: E402
-from mirl_lib.training.loop import (
-    lr_factor,
-    set_memory_format,  # noqa: E402
-)
+from mirl_lib.training.loop import lr_factor, set_memory_format  # noqa: E402
 
 DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_step.csv"
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"

@@ -1,59 +1,62 @@
 """Images/s and peak memory of the masked training step, per precision / layout / optimizer option.
 
 Run ``python benchmarks/train_throughput.py`` on the machine to measure. The step is the one
-``mirl_lib.training.loop`` runs for a pruning round: forward (under bf16 autocast when the option says so),
-L1 loss on the float32 output, ``zero_grad``, backward with ``MaskEnforcer`` zeroing the gradients
-of pruned weights, AdamW step. The mask keeps a random 10% of every prunable tensor (``reference``
-scope, as ``params/paper.yaml``), so the masked path is what is timed. One fixed random batch lives
-on the device: data loading is not part of the step (``benchmarks/data_loader.py`` measures it).
+``mirl_lib.training.loop`` runs for a pruning round: forward (under bf16 autocast when the option
+says so), L1 loss on the float32 output, ``zero_grad``, backward with ``MaskEnforcer`` zeroing the
+gradients of pruned weights, AdamW step. The mask keeps a random 10% of every prunable tensor
+(``reference`` scope, as ``params/paper.yaml``), so the masked path is what is timed. One fixed
+random batch lives on the device: data loading is not part of the step
+(``benchmarks/data_loader.py`` measures it).
 
 Options (``--options``, comma-separated, or ``all``): ``fp32`` (the CPU path of
-``mirl_lib.training.loop``), ``bf16`` autocast, ``channels_last``, ``bf16+channels_last`` (the CUDA path of
-``mirl_lib.training.loop``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``, else
-``foreach=True`` where fused is not supported), ``bf16+channels_last+compile`` (``torch.compile`` of
-the model; the first step's time, compilation included, goes to the note), the CPU's
-``fp32+fused_adamw``, ``fp32+compile`` and ``channels_last+compile``, and ``channels_last+gemm_pointwise`` (every ungrouped 1x1
-convolution as one ``F.linear`` over the channels: a lever, not used by ``mirl_lib.training``), and
-``batched`` (the step of ``mirl_lib.training.replicates``: every replicate's parameters stacked,
-one ``vmap`` of the network over them, the losses' sum differentiated, one AdamW over the stacked
-tensors; contiguous layout), ``bf16+batched`` the same under bf16 autocast (as
-``mirl_lib.training.replicates`` trains on CUDA), and ``+cuda_graph`` (``fp32``,
-``bf16+channels_last``, ``bf16+batched``): the step captured once in a CUDA graph and replayed
-(``mirl_lib.training.graphed.GraphedStep``, capturable AdamW, as ``mirl_lib.training.loop`` runs
-on CUDA under ``train.step_graph: auto``; CUDA only). ``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU,
-and why.
+``mirl_lib.training.loop``), ``bf16`` autocast, ``channels_last``, ``bf16+channels_last`` (the CUDA
+path of ``mirl_lib.training.loop``), ``bf16+channels_last+fused_adamw`` (``AdamW(fused=True)``,
+else ``foreach=True`` where fused is not supported), ``bf16+channels_last+compile``
+(``torch.compile`` of the model; the first step's time, compilation included, goes to the note),
+the CPU's ``fp32+fused_adamw``, ``fp32+compile`` and ``channels_last+compile``, and
+``channels_last+gemm_pointwise`` (every ungrouped 1x1 convolution as one ``F.linear`` over the
+channels: a lever, not used by ``mirl_lib.training``), and ``batched`` (the step of
+``mirl_lib.training.replicates``: every replicate's parameters stacked, one ``vmap`` of the network
+over them, the losses' sum differentiated, one AdamW over the stacked tensors; contiguous layout),
+``bf16+batched`` the same under bf16 autocast (as ``mirl_lib.training.replicates`` trains on CUDA),
+and ``+cuda_graph`` (``fp32``, ``bf16+channels_last``, ``bf16+batched``): the step captured once in
+a CUDA graph and replayed (``mirl_lib.training.graphed.GraphedStep``, capturable AdamW, as
+``mirl_lib.training.loop`` runs on CUDA under ``train.step_graph: auto``; CUDA only).
+``DEFAULT_OPTIONS`` says which run by default on CUDA and on the CPU, and why.
 
-Replicates (``--replicates 1,4,10``): each option is measured for that many trainings of the
-same shapes (the seeds of one point, each its own initialization). ``batched`` steps them as one
+Replicates (``--replicates 1,4,10``): each option is measured for that many trainings of the same
+shapes (the seeds of one point, each its own initialization). ``batched`` steps them as one
 computation; every other option steps them one after the other in this process, which is what
-separate trainings cost. ``step_ms`` is the time to step all of them; ``images_per_s`` counts
-every replicate's batch.
+separate trainings cost. ``step_ms`` is the time to step all of them; ``images_per_s`` counts every
+replicate's batch.
 
 FLOPs: ``gflop_per_step`` is three times the forward FLOPs of every replicate's batch
 (``torch.utils.flop_counter``, the usual forward + backward = 3x forward estimate: the counter's
-own backward figure for grouped convolutions is not usable), ``achieved_tflops`` that over the
-step time, and ``peak_share`` that over ``peak_tflops`` (``--peak-tflops``, or the dense bf16
-tensor-core peak of a known GPU, ``KNOWN_PEAKS``; empty where no peak is known, as on the CPU). Each option starts from the same initial weights and is checked to keep
-the pruned weights at zero; an option that fails is recorded with its error and the run goes on.
+own backward figure for grouped convolutions is not usable), ``achieved_tflops`` that over the step
+time, and ``peak_share`` that over ``peak_tflops`` (``--peak-tflops``, or the dense bf16
+tensor-core peak of a known GPU, ``KNOWN_PEAKS``; empty where no peak is known, as on the CPU).
+Each option starts from the same initial weights and is checked to keep the pruned weights at zero;
+an option that fails is recorded with its error and the run goes on.
 
-Timing: the median over ``--steps`` timed steps after ``--warmup`` steps; CUDA events around each
-step on CUDA, ``time.perf_counter`` on the CPU. Peak memory: ``torch.cuda.max_memory_allocated``
-(reset per option) on CUDA; on the CPU the process's peak resident set (``VmHWM``, reset per option
-through ``/proc/self/clear_refs`` where Linux allows it, else the peak since the process started),
-which includes Python and torch themselves; ``mem_kind`` says which. On the CPU the note gives the
-one-minute load average after the option: other processes on a small machine slow a run down.
+Timing (``time_step``, which ``reference_step.py`` uses for the published code's row too): the
+median over ``--steps`` timed steps after ``--warmup`` steps; on CUDA events recorded around each
+step back to back and read after one synchronization, ``time.perf_counter`` on the CPU. Peak memory:
+``torch.cuda.max_memory_allocated`` (reset per option) on CUDA; on the CPU the process's peak
+resident set (``VmHWM``, reset per option through ``/proc/self/clear_refs`` where Linux allows it,
+else the peak since the process started), which includes Python and torch themselves; ``mem_kind``
+says which. On the CPU the note gives the one-minute load average after the option: other processes
+on a small machine slow a run down.
 
-Host: ``measured`` (UTC) and ``gemm_gflops``, a fixed fp32 matrix product timed on the device
-just before and just after each row's option (``hostprobe.py``): rows compare directly only where
-their probes agree; the virtual machines of this repository ran the same step 1.7x apart under one
-CPU model name.
+Host: ``measured`` (UTC) and ``gemm_gflops``, a fixed fp32 matrix product timed on the device just
+before and just after each row's option (``hostprobe.py``): rows compare directly only where their
+probes agree; the virtual machines of this repository ran the same step 1.7x apart under one CPU
+model name.
 
 Writes ``results/benchmarks/train_throughput.csv`` (or ``--out``) atomically after each option, so
 a run stopped by a time limit keeps what it measured. A row of the same device name, preset, batch,
 patch, threads and option is replaced, every other row is kept, so CPU and GPU rows sit side by
-side and runs of a few options add to the others.
-Imports only torch, pandas, tqdm and mirl_lib modules that need no notebook tooling (no papermill,
-jupyter or ipywidgets).
+side and runs of a few options add to the others. Imports only torch, pandas, tqdm and mirl_lib
+modules that need no notebook tooling (no papermill, jupyter or ipywidgets).
 """
 from __future__ import annotations
 
@@ -443,7 +446,8 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
 
 def forward_gflop(preset: str, batch: int, patch: int) -> float:
     """GFLOPs of one forward pass of the ``preset`` network on a ``batch`` x 3 x ``patch`` x
-    ``patch`` batch (``torch.utils.flop_counter`` on the meta device: shapes only, no arithmetic)."""
+    ``patch`` batch (``torch.utils.flop_counter`` on the meta device: shapes only, no
+    arithmetic)."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         skeleton(PRESETS[preset])(torch.empty(batch, 3, patch, patch, device="meta"))

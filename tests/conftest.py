@@ -2,8 +2,8 @@
 ``./run_all.sh`` (interrupted once and resumed) that every test reading a finished study shares.
 
 The suite runs on two pytest-xdist workers (``./run_tests.sh``: ``-n 2 --dist loadscope
---no-loadscope-reorder``). A test module stays on one worker, so its module-scoped fixtures are built
-once; the modules that take longest go first (``LONGEST_FIRST``), so the two workers finish
+--no-loadscope-reorder``). A test module stays on one worker, so its module-scoped fixtures are
+built once; the modules that take longest go first (``LONGEST_FIRST``), so the two workers finish
 together. The smoke study is built once for both workers (a file lock in the workers' common
 temporary folder), and torch in each worker uses one thread: two workers with two threads each on
 two cores wait on each other."""

@@ -122,7 +122,8 @@ def test_imports_go_down_the_floors_and_form_no_cycle() -> None:
 
 @pytest.mark.parametrize("planted, expected", [
     # an upward import inside a function body of the ground floor
-    ("core/names.py", "core.names:{line} imports report.intervals: up from floor 0 (core) to floor 6"),
+    ("core/names.py",
+     "core.names:{line} imports report.intervals: up from floor 0 (core) to floor 6"),
     # across one floor: net and data are both on floor 2
     ("net/sizing.py", "net.sizing:{line} imports data.photos: across floor 2, from net to data"),
 ])

@@ -61,7 +61,8 @@ def test_every_sizes_table_is_generated_from_its_committed_run_and_speed_rows() 
         block = (compact_block(metrics, rows, comps, level) if compact else
                  sizes_block(metrics, pd.read_csv(folder / "heldout.csv"), rows, comps, level))
         assert text == block, (f"a sizes table of results/{run} is stale; regenerate it: "
-                               f"python -m mirl_lib sizes results/{run}{' --compact' * bool(compact)}")
+                               f"python -m mirl_lib sizes results/{run}"
+                               f"{' --compact' * bool(compact)}")
 
 
 @pytest.mark.parametrize("run", ["default", "full", "structured"])
@@ -112,7 +113,8 @@ def test_a_committed_rerun_line_is_what_the_check_computes_and_the_docs_quote_it
                        line).group(0)
     count = re.search(r"\d+ of \d+ exploratory estimates", line).group(0)
     quoted = re.search(rf"{re.escape(rerun)}.*?{re.escape(verdict)}.*?{re.escape(count)}", docs)
-    assert quoted, f"docs/reproducibility.md does not quote {rerun}'s verdict: {verdict!r}, {count!r}"
+    assert quoted, (f"docs/reproducibility.md does not quote {rerun}'s verdict: {verdict!r}, "
+                    f"{count!r}")
 
 
 @pytest.mark.parametrize("run", ["default", "full", "structured"])

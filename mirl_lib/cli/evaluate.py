@@ -1,4 +1,5 @@
-"""``python -m mirl_lib evaluate --checkpoint CKPT``: score a checkpoint with the study's protocol."""
+"""``python -m mirl_lib evaluate --checkpoint CKPT``: score a checkpoint with the study's
+protocol."""
 from __future__ import annotations
 
 import argparse

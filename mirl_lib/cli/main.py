@@ -13,9 +13,9 @@ rest. The outputs and the tiling are checked before the checkpoint is read.
 
 ``python -m mirl_lib evaluate --checkpoint CKPT [--params params/X.yaml] [-o scores.csv]``: scores
 the checkpoint on the test sets of a params file with the study's protocol
-(``mirl_lib.evaluation.scoring.evaluate_checkpoint``), writes the per-image scores to ``-o`` (atomically,
-replacing it) and prints the paper's table. The output folder and the tiling are checked before
-the checkpoint is read.
+(``mirl_lib.evaluation.scoring.evaluate_checkpoint``), writes the per-image scores to ``-o``
+(atomically, replacing it) and prints the paper's table. The output folder and the tiling are
+checked before the checkpoint is read.
 
 ``python -m mirl_lib report RUN [--params PARAMS]``: derives a finished run's statistics again from
 its tables (``comparisons.csv``, ``primary.csv``, ``summary.md``, the two statistical figures), with
@@ -24,8 +24,9 @@ the analysis settings of PARAMS (same identity as the run) or of the run's ``con
 ``python -m mirl_lib reproduce RERUN REFERENCE [-o reproduction.csv]``: does a rerun (its run
 folder or its ``metrics.csv``, e.g. from another machine or thread count) reproduce a reference run
 (e.g. the committed one) within noise, on the test photos and, when both runs have a
-``heldout.csv``, on the held-out photos? Prints ``report.reproduction.reproduction``'s verdict line and writes
-its table. Exit code 0 either way; 2 when a file is missing or the two runs share no comparison.
+``heldout.csv``, on the held-out photos? Prints ``report.reproduction.reproduction``'s verdict line
+and writes its table. Exit code 0 either way; 2 when a file is missing or the two runs share no
+comparison.
 
 Errors (out of memory and a full disk included) print one ``error:`` line, exit code 2; Ctrl-C
 prints one line saying how to continue, exit code 130.

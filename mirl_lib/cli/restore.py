@@ -1,4 +1,5 @@
-"""``python -m mirl_lib restore IN -o OUT --checkpoint CKPT``: restore an image or a folder of images."""
+"""``python -m mirl_lib restore IN -o OUT --checkpoint CKPT``: restore an image or a folder of
+images."""
 from __future__ import annotations
 
 import argparse

@@ -22,8 +22,9 @@ def finished_run(run: Path) -> tuple[Path, Path]:
 
 
 def reproduce_command(args: argparse.Namespace) -> None:
-    """Print ``report.reproduction.reproduction``'s line for two runs (folders or ``metrics.csv`` files; the
-    ``heldout.csv`` beside each is compared too when both exist); write its table to ``-o``."""
+    """Print ``report.reproduction.reproduction``'s line for two runs (folders or ``metrics.csv``
+    files; the ``heldout.csv`` beside each is compared too when both exist); write its table to
+    ``-o``."""
     paths = []
     for path in (args.rerun, args.reference):
         if path.is_dir():

@@ -2,11 +2,12 @@
 ``./run_all.sh``.
 
 ``adopt`` takes one strategy's finished points from another run of the same identity
-(``mirl_lib.study.adopt``). ``run`` runs every stage (``--executor slurm`` and the cluster options put each stage in a Slurm
-job; they set the params file's ``cluster`` section, a runtime one), ``points`` trains every point
-without notebooks, ``list`` shows each stage, whether it is done and, on a cluster, its job and the
-job's state, ``stage`` runs one stage here (what a stage's Slurm job runs), ``forecast`` prices the
-study's wall-clock on a number of GPUs from its stage graph and the hours one training takes.
+(``mirl_lib.study.adopt``). ``run`` runs every stage (``--executor slurm`` and the cluster options
+put each stage in a Slurm job; they set the params file's ``cluster`` section, a runtime one),
+``points`` trains every point without notebooks, ``list`` shows each stage, whether it is done and,
+on a cluster, its job and the job's state, ``stage`` runs one stage here (what a stage's Slurm job
+runs), ``forecast`` prices the study's wall-clock on a number of GPUs from its stage graph and the
+hours one training takes.
 """
 from __future__ import annotations
 

@@ -119,12 +119,13 @@ class DataConfig(_Section):
     it is the same for every training seed so all runs are scored on the same degraded images.
 
     ``sampling``: ``balanced`` (every task gets the same share of each batch, or, with
-    ``task_weights``, one whole number per task of ``tasks``, a share in proportion) or ``published`` (the
-    published all-in-one mixture: every noise image 3 times per sigma, Rain100L 120 times, every
-    haze pair once, shuffled per epoch). ``<family>_<split>`` (``denoise_train``, ...) list the
-    dataset folders of the ``mirl`` source under ``<root>/<split>/<family>/``; the defaults are the
-    published ones. ``workers`` (DataLoader processes making training batches, 0 = in the training
-    process) and ``cache_mb`` (decoded images each of those processes keeps) are runtime settings.
+    ``task_weights``, one whole number per task of ``tasks``, a share in proportion) or
+    ``published`` (the published all-in-one mixture: every noise image 3 times per sigma, Rain100L
+    120 times, every haze pair once, shuffled per epoch). ``<family>_<split>``
+    (``denoise_train``, ...) list the dataset folders of the ``mirl`` source under
+    ``<root>/<split>/<family>/``; the defaults are the published ones. ``workers`` (DataLoader
+    processes making training batches, 0 = in the training process) and ``cache_mb`` (decoded images
+    each of those processes keeps) are runtime settings.
     ``haze_depth``: the depth behind synthesized training haze where no depth was measured (all but
     the motorcycle views): ``fixed`` (one ``depth_prior`` per photo, seeded by its name) or
     ``per_sample`` (a fresh ``depth_prior`` of the whole photo for every hazy training sample, so
@@ -217,9 +218,9 @@ class TrainConfig(_Section):
 
     Durations are given in optimizer steps (``steps``, ``warmup_steps``) or in epochs of the
     training data (``epochs``, ``warmup_epochs``, as the paper states them), never both. With
-    epochs, ``steps`` and ``warmup_steps`` are 0 until ``mirl_lib.training.loop.resolve_steps`` derives them
-    from the data found on disk (``steps = epochs * ceil(epoch size / batch_size)``); a config
-    holding both is such a resolved one and must be consistent.
+    epochs, ``steps`` and ``warmup_steps`` are 0 until ``mirl_lib.training.loop.resolve_steps``
+    derives them from the data found on disk (``steps = epochs * ceil(epoch size / batch_size)``); a
+    config holding both is such a resolved one and must be consistent.
 
     ``device``, ``threads``, ``log_every``, ``checkpoint_every`` and ``gpus`` are runtime settings:
     changing them neither refuses a run folder nor stops a training from resuming.
@@ -229,11 +230,11 @@ class TrainConfig(_Section):
     0 or 1 trains in the calling process.
 
     The loss is ``L1 + psnr_weight * (-PSNR) + ssim_weight * (1 - SSIM)``
-    (``mirl_lib.training.losses.restoration_loss``); both weights 0, the default, is the published L1 loss.
-    ``-PSNR`` is the batch mean of each image's ``10 log10(MSE + 1e-8)``: its gradient weighs each
-    image by one over its error, so lightly degraded images (noise at sigma 15, rain), which L1
-    lets heavy ones outweigh, count as they count in the mean PSNR that is scored. SSIM is the
-    evaluation's.
+    (``mirl_lib.training.losses.restoration_loss``); both weights 0, the default, is the published
+    L1 loss. ``-PSNR`` is the batch mean of each image's ``10 log10(MSE + 1e-8)``: its gradient
+    weighs each image by one over its error, so lightly degraded images (noise at sigma 15, rain),
+    which L1 lets heavy ones outweigh, count as they count in the mean PSNR that is scored. SSIM is
+    the evaluation's.
     ``bf16`` and ``channels_last`` apply on CUDA; ``cpu_channels_last`` lays weights and batches
     out channels-last on the CPU too (faster there, see ``results/benchmarks/train_step.csv``,
     and float results differ slightly from the contiguous layout, so it is part of the identity).

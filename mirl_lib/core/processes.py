@@ -184,7 +184,8 @@ def _running(process: psutil.Process) -> bool:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m mirl_lib.core.processes MODULE ARGS...``: run MODULE as a child of this parent."""
+    """``python -m mirl_lib.core.processes MODULE ARGS...``: run MODULE as a child of this
+    parent."""
     die_with_parent()
     lean()
     sys.argv = list(argv)

@@ -80,7 +80,7 @@ def _read_exactly(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-# ----- the caller ----------------------------------------------------------------------------------
+# ----- the caller ---------------------------------------------------------------------------------
 
 def run(path: str, module: str, args: list[str]) -> int:
     """Run ``module args`` in a child of the zygote at ``path`` and return its exit status (the

@@ -1,7 +1,7 @@
 """Which (task, image) entries a split holds, for each source (``DataConfig.source``).
 
-- ``bundled``: the photographs of ``photos.BUNDLED_TRAIN_SETS`` / ``photos.bundled_test_photos``; every
-  task is synthesized.
+- ``bundled``: the photographs of ``photos.BUNDLED_TRAIN_SETS`` / ``photos.bundled_test_photos``;
+  every task is synthesized.
 - ``mirl``: the published MIR-L folder layout under ``DataConfig.root``: for each task family and
   split, the dataset folders the config lists (``DataConfig.denoise_train`` ...); noise is
   synthesized, rain and haze pairs are read from disk.

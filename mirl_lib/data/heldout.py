@@ -2,10 +2,10 @@
 
 The embedded study trains on a set of ``photos.BUNDLED_TRAIN_SETS`` and scores on
 ``photos.BUNDLED_TEST``, both
-degraded with the ranges of ``mirl_lib.data.degrade``. A network that only memorized those photos, or
-only the exact streak and haze statistics it was trained on, would still look good there. This set
-asks the harder question: five more photographs (one colour portrait shipped with matplotlib, four
-grey photographs shipped with scikit-image, replicated to three channels), with
+degraded with the ranges of ``mirl_lib.data.degrade``. A network that only memorized those photos,
+or only the exact streak and haze statistics it was trained on, would still look good there. This
+set asks the harder question: five more photographs (one colour portrait shipped with matplotlib,
+four grey photographs shipped with scikit-image, replicated to three channels), with
 
 - rain streaks steeper, longer and denser than any training draw (``HELDOUT_RAIN_*``), and
 - haze thicker and darker than any training draw (``HELDOUT_HAZE_*``),

@@ -59,9 +59,9 @@ def test_crop(arrays: list[np.ndarray], max_side: int, label: str) -> list[np.nd
 def test_crops(arrays: list[np.ndarray], max_side: int, grid: int, label: str
                ) -> list[tuple[str, list[np.ndarray]]]:
     """``(suffix, crops)`` for each crop of same-sized arrays, cut alike: with ``grid`` 1 the centre
-    crop (``test_crop``, suffix ``""``); else a ``grid x grid`` grid of disjoint ``max_side`` squares
-    centred in the arrays, row by row, suffixes ``@00``, ``@01``, ... A photo smaller than the grid is
-    a ``DataError`` naming it."""
+    crop (``test_crop``, suffix ``""``); else a ``grid x grid`` grid of disjoint ``max_side``
+    squares centred in the arrays, row by row, suffixes ``@00``, ``@01``, ... A photo smaller than
+    the grid is a ``DataError`` naming it."""
     if grid == 1:
         return [("", test_crop(arrays, max_side, label))]
     h, w = arrays[0].shape[:2]

@@ -1,5 +1,5 @@
-"""The paper's results table: dehaze SOTS, derain Rain100L, then sigma 15/25/50 per denoising test set,
-and the average (``paper_table``, ``format_paper_table``).
+"""The paper's results table: dehaze SOTS, derain Rain100L, then sigma 15/25/50 per denoising test
+set, and the average (``paper_table``, ``format_paper_table``).
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ CATALOG_COLUMNS: tuple[str, ...] = (
     "total", "empty_tensors", "prunable_tensors", "path_cut")
 VIEWER_COLUMNS: tuple[str, ...] = CATALOG_COLUMNS[:7]
 
-# ----- a point folder ------------------------------------------------------------------------------
+# ----- a point folder -----------------------------------------------------------------------------
 POINT_FILE = "point.json"      # written last: the point is done
 MASK_FILE = "mask.pt"
 MASK_REPORT_FILE = "mask_report.csv"
@@ -102,7 +102,8 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
 
 
 def point_dir(run_dir: Path, seed: int, strategy: str, rnd: int) -> Path:
-    """``<run>/seed_<s>/dense`` for the dense network, else ``<run>/seed_<s>/<strategy>/round_<rr>``."""
+    """``<run>/seed_<s>/dense`` for the dense network, else
+    ``<run>/seed_<s>/<strategy>/round_<rr>``."""
     base = seed_dir(run_dir, seed)
     return base / DENSE if strategy == DENSE else base / strategy / f"round_{rnd:02d}"
 

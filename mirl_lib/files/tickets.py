@@ -37,7 +37,8 @@ _DTYPES = {str(t): t for t in (torch.float32, torch.float16, torch.bfloat16)}
 
 def export_ticket(state_dict: Mapping[str, torch.Tensor], mask: Mask, path: str | Path,
                   meta: dict[str, Any]) -> Path:
-    """Write the ticket of ``state_dict`` under ``mask`` to ``path`` atomically; returns the path."""
+    """Write the ticket of ``state_dict`` under ``mask`` to ``path`` atomically; returns the
+    path."""
     path = Path(path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: meta must be a dict, got {type(meta).__name__}")

@@ -5,8 +5,8 @@ Built from a ``ModelConfig`` so every width derives from ``dim`` and the prompt 
 ``tests/test_model.py``, which checks them and a float64 forward fingerprint).
 
 Channel widths at each level are ``dim * (1, 2, 4, 8)``. The decoder inserts a prompt block before
-each upsampling: its prompt (``prompt_dims[i]`` channels) is concatenated to the features, mixed by a
-transformer block and reduced back. The six 1x1 convolutions ``chnl_reduce*`` and
+each upsampling: its prompt (``prompt_dims[i]`` channels) is concatenated to the features, mixed by
+a transformer block and reduced back. The six 1x1 convolutions ``chnl_reduce*`` and
 ``reduce_noise_channel_*`` exist in the published checkpoints but the forward pass never uses them;
 ``unused_convs=True`` keeps them so those checkpoints load with ``strict=True``.
 """
@@ -129,7 +129,8 @@ class PromptGenBlock(nn.Module):
 
     def __init__(self, prompt_dim: int, prompt_len: int, prompt_size: int, lin_dim: int) -> None:
         super().__init__()
-        self.prompt_param = nn.Parameter(torch.rand(1, prompt_len, prompt_dim, prompt_size, prompt_size))
+        self.prompt_param = nn.Parameter(torch.rand(1, prompt_len, prompt_dim, prompt_size,
+                                                    prompt_size))
         self.linear_layer = nn.Linear(lin_dim, prompt_len)
         self.conv3x3 = nn.Conv2d(prompt_dim, prompt_dim, 3, padding=1, bias=False)
 
@@ -145,7 +146,8 @@ def _blocks(n: int, dim: int, heads: int, cfg: ModelConfig) -> nn.Sequential:
 
 
 class PromptIR(nn.Module):
-    """All-in-one restoration network; ``forward(x)`` returns the restored image (residual added)."""
+    """All-in-one restoration network; ``forward(x)`` returns the restored image (residual
+    added)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -220,7 +222,8 @@ UNUSED_PARAMETER_PREFIXES: tuple[str, ...] = (
 
 
 def build_model(spec: str | dict | ModelConfig = "paper", seed: int | None = None) -> PromptIR:
-    """Build PromptIR from a preset name (``paper``, ``cpu``, ``tiny``), a dict or a ``ModelConfig``.
+    """Build PromptIR from a preset name (``paper``, ``cpu``, ``tiny``), a dict or a
+    ``ModelConfig``.
 
     With ``seed`` the initialization is reproducible (PyTorch's default initializers under a
     seeded generator state); the global RNG state is restored afterwards.

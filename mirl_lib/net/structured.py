@@ -88,7 +88,8 @@ def misfit(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> str | None:
                 f"unexpected key(s), first {unexpected[:3]}")
     rank = [k for k in full if full[k].dim() != state[k].dim()]
     if rank:
-        return f"{rank[0]} has {state[rank[0]].dim()} dimensions, the network's has {full[rank[0]].dim()}"
+        return (f"{rank[0]} has {state[rank[0]].dim()} dimensions, the network's has "
+                f"{full[rank[0]].dim()}")
     grown = [k for k in full if any(s > f for s, f in zip(state[k].shape, full[k].shape))]
     if grown:
         return (f"{grown[0]} is {tuple(state[grown[0]].shape)}, wider than the unpruned "

@@ -17,11 +17,12 @@ removal takes out of every tensor it touches. PromptIR has four kinds:
   as the others.
 - ``prompt``: a prompt component's channel (``prompt_param`` and the input of ``conv3x3``).
 
-Each group keeps at least one unit. The six 1x1 convolutions that the published checkpoints hold
-and the forward pass never reads (``model.unused_convs``) join no group and keep their size. Removing an ``ffn`` or ``heads`` unit equals zeroing its
-weights exactly (a zero gate, a head whose values are zero); a ``stream`` or ``prompt`` channel
-does not: the LayerNorms average over the channels they see, so the narrower network is a network
-of its own, trained as one (``tests/pruning/test_channels.py`` shows both).
+Each group keeps at least one unit. The six 1x1 convolutions that the published checkpoints hold and
+the forward pass never reads (``model.unused_convs``) join no group and keep their size. Removing an
+``ffn`` or ``heads`` unit equals zeroing its weights exactly (a zero gate, a head whose values are
+zero); a ``stream`` or ``prompt`` channel does not: the LayerNorms average over the channels they
+see, so the narrower network is a network of its own, trained as one
+(``tests/pruning/test_channels.py`` shows both).
 
 Why not Torch-Pruning's dependency graph: on PromptIR (torch-pruning 1.6) it maps
 ``PixelUnshuffle``/``PixelShuffle`` channels one to one (they map one to four), and the attention's
@@ -163,9 +164,12 @@ def groups(net: PromptIR) -> list[Group]:
     dec = [_prefixes(net, f"decoder_level{i}") for i in (1, 2, 3)]
     latent, refinement = _prefixes(net, "latent"), _prefixes(net, "refinement")
     d = cfg.dim
-    w = {"up1": t.width("up2_1.body.0.weight", 0) // 4, "up2": t.width("up3_2.body.0.weight", 0) // 4,
-         "up3": t.width("up4_3.body.0.weight", 0) // 4, "lat": 4 * t.width("down3_4.body.0.weight", 0),
-         "d3": t.width("reduce_chan_level3.weight", 0), "d2": t.width("reduce_chan_level2.weight", 0)}
+    w = {"up1": t.width("up2_1.body.0.weight", 0) // 4,
+         "up2": t.width("up3_2.body.0.weight", 0) // 4,
+         "up3": t.width("up4_3.body.0.weight", 0) // 4,
+         "lat": 4 * t.width("down3_4.body.0.weight", 0),
+         "d3": t.width("reduce_chan_level3.weight", 0),
+         "d2": t.width("reduce_chan_level2.weight", 0)}
     # the encoder: level 1 opens at the patch embedding; the skip joins the decoder's level 1
     t.add("stream:encoder1", "stream", d,
           t.writes("patch_embed.proj") + t.blocks(enc[0]) + t.reads("down1_2.body.0")
@@ -183,19 +187,23 @@ def groups(net: PromptIR) -> list[Group]:
           + t.reads("prompt3.linear_layer", 0, 4, 4) + t.block("noise_level3", 0, 4, 4)
           + t.reads("reduce_noise_level3", 0, 4, 4))
     # the decoder, level 3 to 1: prompt, its block, the reduction, the upsampling, the skip join
-    for level, features, features_at, up, join in ((3, "latent", w["lat"], "up4_3", "reduce_chan_level3"),
-                                                   (2, "decoder3", w["d3"], "up3_2", "reduce_chan_level2"),
-                                                   (1, "decoder2", w["d2"], "up2_1", None)):
-        prompt, noise, reduce = f"prompt{level}", f"noise_level{level}", f"reduce_noise_level{level}"
+    for level, features, features_at, up, join in (
+            (3, "latent", w["lat"], "up4_3", "reduce_chan_level3"),
+            (2, "decoder3", w["d3"], "up3_2", "reduce_chan_level2"),
+            (1, "decoder2", w["d2"], "up2_1", None)):
+        prompt, noise, reduce = (f"prompt{level}", f"noise_level{level}",
+                                 f"reduce_noise_level{level}")
         t.add(f"prompt:{prompt}", "prompt", t.width(f"{prompt}.prompt_param", 2),
               [Slice(f"{prompt}.prompt_param", 2, 0, 1, 1)] + t.reads(f"{prompt}.conv3x3"))
         t.add(f"stream:{prompt}", "stream", t.width(f"{prompt}.conv3x3.weight", 0),
-              t.writes(f"{prompt}.conv3x3") + t.block(noise, features_at) + t.reads(reduce, features_at))
+              t.writes(f"{prompt}.conv3x3") + t.block(noise, features_at)
+              + t.reads(reduce, features_at))
         t.add(f"stream:{reduce}", "stream", t.width(f"{reduce}.weight", 0),
               t.writes(reduce) + t.reads(f"{up}.body.0"))
         upsampled = t.width(f"{up}.body.0.weight", 0) // 4
         if join is not None:
-            t.add(f"stream:{up}", "stream", upsampled, t.writes(f"{up}.body.0", 0, 4, 4) + t.reads(join))
+            t.add(f"stream:{up}", "stream", upsampled,
+                  t.writes(f"{up}.body.0", 0, 4, 4) + t.reads(join))
             nxt = level - 1
             nxt_prompt = f"prompt{nxt}"
             t.add(f"stream:decoder{level}", "stream", t.width(f"{join}.weight", 0),
@@ -203,7 +211,8 @@ def groups(net: PromptIR) -> list[Group]:
                   + t.block(f"noise_level{nxt}") + t.reads(f"reduce_noise_level{nxt}"))
         else:
             t.add(f"stream:{up}", "stream", upsampled,
-                  t.writes(f"{up}.body.0", 0, 4, 4) + t.blocks(dec[0] + refinement) + t.reads("output"))
+                  t.writes(f"{up}.body.0", 0, 4, 4) + t.blocks(dec[0] + refinement)
+                  + t.reads("output"))
     for prefix in enc[0] + enc[1] + enc[2] + latent + dec[2] + dec[1] + dec[0] + refinement + [
             "noise_level3", "noise_level2", "noise_level1"]:
         t.block_internals(prefix)
@@ -217,7 +226,8 @@ def empty_selection(table: list[Group]) -> Selection:
     return {g.name: torch.zeros(g.units, dtype=torch.bool) for g in table}
 
 
-def _removed_per_dim(table: list[Group], selection: Selection) -> dict[tuple[str, int], torch.Tensor]:
+def _removed_per_dim(table: list[Group], selection: Selection
+                     ) -> dict[tuple[str, int], torch.Tensor]:
     """The removed indices of every (tensor, dimension) the selection touches."""
     out: dict[tuple[str, int], list[torch.Tensor]] = {}
     for g in table:

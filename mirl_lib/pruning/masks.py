@@ -54,8 +54,8 @@ def full_mask(model: nn.Module, scope: str = "default") -> Mask:
 def density_report(mask: Mask, model: nn.Module | None = None) -> pd.DataFrame:
     """Per-tensor table: name, shape, kept, total, density, prunable.
 
-    With ``model`` every parameter is listed (unmasked ones as fully kept, ``prunable=False``), so the
-    column sums give the whole network's remaining fraction; without it only masked tensors are.
+    With ``model`` every parameter is listed (unmasked ones as fully kept, ``prunable=False``), so
+    the column sums give the whole network's remaining fraction; without it only masked tensors are.
     """
     shapes = ({n: tuple(p.shape) for n, p in model.named_parameters()} if model is not None
               else {n: tuple(m.shape) for n, m in mask.items()})
@@ -70,7 +70,8 @@ def density_report(mask: Mask, model: nn.Module | None = None) -> pd.DataFrame:
 
 
 def sparsity(mask: Mask, model: nn.Module) -> dict[str, float | int]:
-    """Remaining fractions: of the prunable weights, and of ALL parameters (unpruned count as kept)."""
+    """Remaining fractions: of the prunable weights, and of ALL parameters (unpruned count as
+    kept)."""
     check_fits(mask, model)
     kept = sum(int(m.sum()) for m in mask.values())
     prunable = sum(m.numel() for m in mask.values())
@@ -105,13 +106,15 @@ def save_mask(mask: Mask, path: str | Path, model: nn.Module | None = None) -> P
 
 
 def load_mask(path: str | Path) -> Mask:
-    """Load a mask saved by ``save_mask``; anything but a dict of bool tensors is a ``CheckpointError``."""
+    """Load a mask saved by ``save_mask``; anything but a dict of bool tensors is a
+    ``CheckpointError``."""
     path = Path(path)
     data = load_tensors(path, kind="mask")
     if not isinstance(data, dict) or not data:
         raise CheckpointError(f"{path}: a mask file holds a non-empty dict of bool tensors")
     for name, keep in data.items():
-        if not isinstance(name, str) or not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+        if (not isinstance(name, str) or not isinstance(keep, torch.Tensor)
+                or keep.dtype != torch.bool):
             raise CheckpointError(f"{path}: entry {name!r} is not a bool tensor")
     return data
 

@@ -44,7 +44,8 @@ def prune(weights: Mapping[str, torch.Tensor], mask: Mask, cfg: PruneConfig) -> 
         return global_magnitude(weights, mask, cfg.rate)
     if cfg.method == "layerwise":
         return layerwise_magnitude(weights, mask, cfg.rate, cfg.output_rate_factor)
-    raise ConfigError(f"prune.method: unknown method {cfg.method!r}; known: ['global', 'layerwise']")
+    raise ConfigError(f"prune.method: unknown method {cfg.method!r}; "
+                      "known: ['global', 'layerwise']")
 
 
 def oneshot_mask(weights: Mapping[str, torch.Tensor], mask: Mask, remaining: float,
@@ -65,7 +66,8 @@ def oneshot_mask(weights: Mapping[str, torch.Tensor], mask: Mask, remaining: flo
             raise ConfigError(f"oneshot: target of {target} weights exceeds the {alive} alive")
         return _global_count(weights, mask, alive - target)
     if method != "layerwise":
-        raise ConfigError(f"prune.method: unknown method {method!r}; known: ['global', 'layerwise']")
+        raise ConfigError(f"prune.method: unknown method {method!r}; "
+                          "known: ['global', 'layerwise']")
     out = {}
     for name, keep in mask.items():
         pruned = (1.0 - remaining) * (output_rate_factor if name == output_name else 1.0)
@@ -77,7 +79,8 @@ def oneshot_mask(weights: Mapping[str, torch.Tensor], mask: Mask, remaining: flo
 
 
 def random_mask(reference_mask: Mask, seed: int) -> Mask:
-    """A random mask with exactly the per-tensor kept counts of ``reference_mask`` (from ``seed``)."""
+    """A random mask with exactly the per-tensor kept counts of ``reference_mask`` (from
+    ``seed``)."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, ref in reference_mask.items():

@@ -203,8 +203,8 @@ def layer_density(report: pd.DataFrame, path: Path, title: str,
 
     A report holding several seeds' masks (concatenated) shows their mean and standard deviation.
     Layers with no weight left (density 0 in every seed) are marked in red (label and cross).
-    ``collapse`` (``report.means.collapse_of``: ``empty_tensors``, ``prunable_tensors``, ``path_cut``,
-    ``seeds``) is added to the title.
+    ``collapse`` (``report.means.collapse_of``: ``empty_tensors``, ``prunable_tensors``,
+    ``path_cut``, ``seeds``) is added to the title.
     """
     data = report[report["prunable"]].copy() if "prunable" in report else report.copy()
     data["layer"] = data["name"].str.replace(".weight", "", regex=False)

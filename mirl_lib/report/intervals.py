@@ -87,7 +87,8 @@ class Crossed:
         return PHOTOS_ONLY if self.seeds == 1 else SEEDS_ONLY
 
     def interval(self, level: float = LEVEL) -> tuple[float, float]:
-        """The two-sided ``level`` interval (NaN ends when nothing varies that could be measured)."""
+        """The two-sided ``level`` interval (NaN ends when nothing varies that could be
+        measured)."""
         if np.isnan(self.df) or self.df <= 0:
             return (np.nan, np.nan)
         half = scipy_stats.t.ppf(0.5 + level / 2, self.df) * self.se
@@ -165,7 +166,7 @@ def prediction_interval(result: Crossed, new_seeds: int, level: float = LEVEL
     return (result.estimate - half, result.estimate + half)
 
 
-# ----- from long tables ----------------------------------------------------------------------------
+# ----- from long tables ---------------------------------------------------------------------------
 
 def photo_column(table: pd.DataFrame) -> pd.Series:
     """Each row's photo: the ``photo`` column where there is one (crops of a photo share it), else
@@ -177,10 +178,10 @@ def photo_column(table: pd.DataFrame) -> pd.Series:
 def cell_table(diffs: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, int], np.ndarray,
                                              np.ndarray, int]:
     """``diffs`` (columns seed, task, photo, image, diff) as complete seeds × photos tables of cell
-    means, one per task and ``ALL_IN_ONE`` (the mean of the task cells). Only complete data are used:
-    the seeds with every (task, image), then the images every kept seed has, then the photos with an
-    image in every task. Returns the tables, the images used per table, the seeds, the photos and
-    the number of differences left out."""
+    means, one per task and ``ALL_IN_ONE`` (the mean of the task cells). Only complete data are
+    used: the seeds with every (task, image), then the images every kept seed has, then the photos
+    with an image in every task. Returns the tables, the images used per table, the seeds, the
+    photos and the number of differences left out."""
     data = diffs.dropna(subset=["diff"])
     dropped = len(diffs) - len(data)
     wide = data.pivot_table(index="seed", columns=["task", "photo", "image"], values="diff",
@@ -233,7 +234,8 @@ def pairs(metrics: pd.DataFrame, metric: str, a: tuple[str, int], b: tuple[str, 
     out."""
     keys = ["seed", "task", "dataset", "image"]
     table = metrics.assign(photo=photo_column(metrics),
-                           image=metrics["dataset"].astype(str) + "/" + metrics["image"].astype(str))
+                           image=(metrics["dataset"].astype(str) + "/"
+                                  + metrics["image"].astype(str)))
     left = table[(table["strategy"] == a[0]) & (table["round"] == a[1])]
     right = table[(table["strategy"] == b[0]) & (table["round"] == b[1])]
     both = left[[*keys, "photo", metric]].merge(right[[*keys, metric]], on=keys,
@@ -267,14 +269,15 @@ def percentile_bootstrap(values: np.ndarray, task_of: np.ndarray, n_boot: int = 
     for task in task_order(task_of):
         grid = values[:, task_of == task]
         n_images = grid.shape[1]
-        image_w = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot) / n_images
+        image_w = (rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot)
+                   / n_images)
         reps.append(np.einsum("bs,si,bi->b", seed_w, grid, image_w))
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(np.mean(reps, axis=0), [tail, 1.0 - tail])
     return float(low), float(high)
 
 
-# ----- does an interval cover what it claims? -------------------------------------------------------
+# ----- does an interval cover what it claims? -----------------------------------------------------
 
 @dataclass(frozen=True)
 class Components:

@@ -12,8 +12,8 @@ all-in-one PSNR, ``d = ticket - X`` with margin ``m`` (``analysis.margin_db``):
   two, and it is shown exactly when the ``1 - 2 alpha`` interval lies inside ``±m``.
 
 The p-values of the declared set are adjusted by Holm's step-down method at family-wise ``alpha``
-(``statsmodels.stats.multitest.multipletests``); a hypothesis is *shown* when its adjusted p-value is
-below ``alpha``. Power is simulated: runs of n seeds on the run's photos drawn from the variance
+(``statsmodels.stats.multitest.multipletests``); a hypothesis is *shown* when its adjusted p-value
+is below ``alpha``. Power is simulated: runs of n seeds on the run's photos drawn from the variance
 components it measured, each tested exactly as the run is (``power``): for non-inferiority and
 equivalence at a true difference of 0 (the ticket as good as X), for superiority at the measured
 difference, each at the Bonferroni level ``alpha / k`` (Holm's first step, so conservative).

@@ -20,10 +20,10 @@ import nbformat  # noqa: E402
 
 from mirl_lib.core.config import load_config  # noqa: E402
 from mirl_lib.core.errors import MirlError  # noqa: E402
-from mirl_lib.core.processes import Children, kill_tree, module_command
-from mirl_lib.files.atomic import atomic_write_text
-from mirl_lib.files.paths import NOTEBOOKS, NOTEBOOKS_DIR, importable, run_dir
-from mirl_lib.study.stage import Stage
+from mirl_lib.core.processes import Children, kill_tree, module_command  # noqa: E402
+from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
+from mirl_lib.files.paths import NOTEBOOKS, NOTEBOOKS_DIR, importable, run_dir  # noqa: E402
+from mirl_lib.study.stage import Stage  # noqa: E402
 
 
 def executed_notebook(stage: Stage, out_dir: Path) -> Path:
@@ -197,7 +197,8 @@ def failure_reason(notebook: Path | None, log_text: str) -> str:
 
 
 def export_html(notebook: Path, target: Path) -> Path:
-    """The executed notebook as a standalone HTML page (images embedded), readable without a kernel."""
+    """The executed notebook as a standalone HTML page (images embedded), readable without a
+    kernel."""
     import nbconvert
 
     body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))

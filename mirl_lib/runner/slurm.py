@@ -40,8 +40,8 @@ from mirl_lib.runner.papermill import StageFailed, failure_reason
 from mirl_lib.runner.slurm_job import StageJob
 from mirl_lib.study.stage import Stage
 
-# ``<run>/jobs/timings.csv``: per finished job, when it was submitted, started and ended and when the
-# driver saw it end; ``overhead_s`` is the stage's time through Slurm beyond its command's own
+# ``<run>/jobs/timings.csv``: per finished job, when it was submitted, started and ended and when
+# the driver saw it end; ``overhead_s`` is the stage's time through Slurm beyond its command's own
 # (queue wait, job start, the driver's polling).
 TIMING_COLUMNS = ["stage", "job_id", "submitted", "started", "ended", "noticed", "command_s",
                   "overhead_s"]

@@ -29,8 +29,8 @@ the ticket isolates the starting point, at a fraction of the cost. The embedded 
 branches; a params file may list the chains instead.
 
 The stage graph (``mirl_lib.study.graph``), ``Study`` (``mirl_lib.study.study``), the report, the
-figures and the viewer read names, order and dependencies from ``REGISTRY``. Adding a strategy is one new
-class decorated with ``@register`` (plus its test).
+figures and the viewer read names, order and dependencies from ``REGISTRY``. Adding a strategy is
+one new class decorated with ``@register`` (plus its test).
 """
 from __future__ import annotations
 
@@ -202,7 +202,8 @@ class Strategy:
         return model
 
     def snapshot_steps(self, cfg: Config) -> tuple[int, ...]:
-        """Steps of this strategy's own training whose weights are kept as ``weights_step<k>.pt``."""
+        """Steps of this strategy's own training whose weights are kept as
+        ``weights_step<k>.pt``."""
         return ()
 
     def stage(self, rnd: int) -> StageSpec:
@@ -322,7 +323,8 @@ class _Chain(Strategy):
 
 @register
 class Rewind(_Chain):
-    name, label, order, role, placement = TRUNK, "ticket (rewind to init)", 1, "trunk", "every_round"
+    name, label, order, role, placement = (TRUNK, "ticket (rewind to init)", 1, "trunk",
+                                           "every_round")
     description = ("MIR-L: prune 20% of the previous round's trained weights (one global "
                    "threshold), rewind the survivors to their initialization, retrain")
 
@@ -350,7 +352,8 @@ class LateRewindChain(_FromLateRewind, _Chain):
     name, label, order, role, placement = ("late_rewind_chain", "late rewind (own chain)", 8,
                                            "ablation", "chain")
     description = ("an iterative chain of its own, rewinding to the dense weights after "
-                   "prune.late_rewind_step steps; the learning-rate schedule resumes from that step")
+                   "prune.late_rewind_step steps; the learning-rate schedule resumes from that "
+                   "step")
 
 
 @register
@@ -458,9 +461,10 @@ class RandomMask(Strategy):
 class SmallDense(Strategy):
     name, label, order, role, placement = ("small_dense", "small dense (same size)", 7,
                                            "control", "branch_rounds")
-    description = ("a PromptIR narrowed (width and prompts, ``net.sizing.narrowed``) to the ticket's "
-                   "total parameter count (within 5%), trained dense from scratch with the same "
-                   "schedule (init seed seed + 30000): is a ticket better than a small network?")
+    description = ("a PromptIR narrowed (width and prompts, ``net.sizing.narrowed``) to the "
+                   "ticket's total parameter count (within 5%), trained dense from scratch with "
+                   "the same schedule (init seed seed + 30000): is a ticket better than a small "
+                   "network?")
 
     def requires(self, rnd: int) -> tuple[Point, ...]:
         return ()  # the ticket's count is exact before any training (``Study.plan``)

@@ -120,7 +120,8 @@ class Study:
         return plan_table(self.cfg.model, self.cfg.prune)
 
     def branch_rounds(self) -> list[int]:
-        """Trunk rounds closest to each ``study.branch_remaining`` target (fraction of all params)."""
+        """Trunk rounds closest to each ``study.branch_remaining`` target (fraction of all
+        params)."""
         plan = self.plan()[lambda d: d["round"] > 0]
         return sorted({int(plan.loc[(plan["remaining_all"] - t).abs().idxmin(), "round"])
                        for t in self.cfg.study.branch_remaining})
@@ -349,12 +350,13 @@ class Study:
         return self._test_items
 
     def heldout_items(self) -> list[TestItem]:
-        """The held-out check (``mirl_lib.data.heldout``): unseen photos, out-of-range rain and haze."""
+        """The held-out check (``mirl_lib.data.heldout``): unseen photos, out-of-range rain and
+        haze."""
         if self._heldout_items is None:
             self._heldout_items = load_heldout_set(self.cfg.data, seed=self.cfg.data.test_seed)
         return self._heldout_items
 
-    # ----- collecting ------------------------------------------------------------------------------
+    # ----- collecting -----------------------------------------------------------------------------
     def records(self) -> pd.DataFrame:
         """One row per finished point (the contents of every point.json)."""
         rows = [json.loads(p.read_text()) for p in self.point_files(POINT_FILE)]

@@ -8,10 +8,10 @@ done).
 Batches: ``cfg.batch_size`` is the *global* batch. Under ``torchrun`` with ``WORLD_SIZE`` ranks each
 rank draws ``batch_size // WORLD_SIZE`` samples with ``source.batch(step, per_rank, rank, world)``;
 DDP averages the gradients, so the update equals one over the whole global batch. Only rank 0
-writes files. The batches are made by ``mirl_lib.data.stream.step_batches`` in ``source.workers`` DataLoader
-processes (0, or a source without that attribute: in the training process), pinned when training
-on CUDA; since a batch is a pure function of (seed, step, rank), any worker count gives the same
-run.
+writes files. The batches are made by ``mirl_lib.data.stream.step_batches`` in ``source.workers``
+DataLoader processes (0, or a source without that attribute: in the training process), pinned when
+training on CUDA; since a batch is a pure function of (seed, step, rank), any worker count gives the
+same run.
 
 CUDA graphs: on CUDA in one process the step is captured once and replayed
 (``mirl_lib.training.graphed``, ``train.step_graph``); ``state.pt`` keeps the eager optimizer

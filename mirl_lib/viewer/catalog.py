@@ -43,7 +43,8 @@ class RunCatalog:
         # A clone holds only the committed tickets: offer the points whose ticket is on disk.
         frame = frame[[(self.run_dir / t).is_file() for t in frame["ticket"]]]
         if frame.empty:
-            raise DataError(f"{path}: none of the catalog's ticket files exist under {self.run_dir}")
+            raise DataError(f"{path}: none of the catalog's ticket files exist under "
+                            f"{self.run_dir}")
         rank = {s: i for i, s in enumerate(strategies.ordered(set(frame["strategy"])))}
         frame["_order"] = frame["strategy"].map(rank)
         self.frame = (frame.sort_values(["seed", "_order", "strategy", "round"], kind="stable")

@@ -1,4 +1,5 @@
-"""What the viewer draws: the wipe between two images, the zoomed pair, PNG bytes and download links."""
+"""What the viewer draws: the wipe between two images, the zoomed pair, PNG bytes and download
+links."""
 from __future__ import annotations
 
 import base64

@@ -49,8 +49,8 @@ def test_quick_run_measures_four_networks_at_matched_sizes(
     assert "threads 1: forward passes" in captured.err and "wrote" in captured.out
 
 
-def test_bad_input_fails_with_one_line_and_keeps_the_csv(bench: ModuleType, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_fails_with_one_line_and_keeps_the_csv(
+        bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ticket_speed.csv"
     out.write_text("not,a\n\"ticket_speed csv")
     before = out.read_bytes()

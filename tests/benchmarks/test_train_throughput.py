@@ -156,8 +156,8 @@ def test_foreign_csv_is_refused(bench: ModuleType, tmp_path: Path,
 def test_imports_no_notebook_tooling() -> None:
     """The benchmark runs on a GPU image without the notebook stack (scikit-image and scipy, which
     the training data source needs, are there)."""
-    code = (f"import sys; sys.argv = ['x']; sys.path.insert(0, {str(SCRIPT.parent)!r}); import runpy; "
-            f"runpy.run_path({str(SCRIPT)!r}, run_name='not_main'); "
+    code = (f"import sys; sys.argv = ['x']; sys.path.insert(0, {str(SCRIPT.parent)!r}); "
+            f"import runpy; runpy.run_path({str(SCRIPT)!r}, run_name='not_main'); "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'papermill', 'jupyter', "
             "'jupyter_client', 'ipywidgets', 'IPython', 'nbformat', 'nbconvert', 'ipykernel', "
             "'matplotlib', 'seaborn'}); print(bad)")

@@ -320,7 +320,8 @@ def test_task_weights_give_each_task_its_share_of_every_cycle() -> None:
     ids = torch.cat([source.batch(step, 10)[2] for step in range(10)])
     assert torch.bincount(ids, minlength=5).tolist() == [20, 10, 10, 30, 30]
     equal = stream.build_train_source(DataConfig(patch_size=16), seed=0)
-    assert torch.bincount(torch.cat([equal.batch(s, 10)[2] for s in range(10)])).tolist() == [20] * 5
+    assert (torch.bincount(torch.cat([equal.batch(s, 10)[2] for s in range(10)])).tolist()
+            == [20] * 5)
     assert "task_weights" not in DataConfig().identity()
     for bad, message in ((dict(task_weights=(1, 2)), "one whole number >= 1 per task"),
                          (dict(task_weights=(1, 0, 1, 1, 1)), "one whole number >= 1 per task"),

@@ -23,7 +23,8 @@ def test_heldout_photos_are_neither_training_nor_test_photos() -> None:
 
 
 @pytest.mark.parametrize("inner, outer", [
-    (degrade.RAIN_ANGLE_DEG, (-heldout.HELDOUT_RAIN_ANGLE_DEG[1], -heldout.HELDOUT_RAIN_ANGLE_DEG[0])),
+    (degrade.RAIN_ANGLE_DEG,
+     (-heldout.HELDOUT_RAIN_ANGLE_DEG[1], -heldout.HELDOUT_RAIN_ANGLE_DEG[0])),
     (degrade.RAIN_ANGLE_DEG, heldout.HELDOUT_RAIN_ANGLE_DEG),
     (degrade.RAIN_DENSITY, heldout.HELDOUT_RAIN_DENSITY),
     (degrade.RAIN_LENGTH, heldout.HELDOUT_RAIN_LENGTH),

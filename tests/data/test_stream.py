@@ -157,8 +157,8 @@ def test_epochs_convert_to_the_documented_step_count(layout: Path, tmp_path: Pat
     # train() derives the steps from the source itself and records them
     cfg = dataclasses.replace(CFG, epochs=2, warmup_epochs=1, steps=0, warmup_steps=0,
                               batch_size=8)
-    result = train(build_model("tiny", seed=0), cfg, stream.build_train_source(_mirl_cfg(layout), 0),
-                   tmp_path, seed=0)
+    result = train(build_model("tiny", seed=0), cfg,
+                   stream.build_train_source(_mirl_cfg(layout), 0), tmp_path, seed=0)
     assert result.final_step == 2 * 2  # ceil(16 / 8) = 2 steps an epoch
     _, meta = load_model(tmp_path / "final.pt")
     assert meta["epoch_size"] == BALANCED_EPOCH

@@ -44,7 +44,8 @@ def test_round_trip_keeps_bfloat16(tmp_path: Path) -> None:
     state, mask = ticket_of("tiny", 0.5)
     state = {n: t.to(torch.bfloat16) for n, t in state.items()}
     restored, _, _ = load_ticket(export_ticket(state, mask, tmp_path / "t.mirl", {}))
-    assert all(torch.equal(restored[n], state[n] * mask[n] if n in mask else state[n]) for n in state)
+    assert all(torch.equal(restored[n], state[n] * mask[n] if n in mask else state[n])
+               for n in state)
 
 
 def test_ticket_at_ten_percent_is_small(tmp_path: Path) -> None:
@@ -79,7 +80,8 @@ def test_bad_meta_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"meta.model.shape\[1\]"):
         export_ticket(state, mask, tmp_path / "t.mirl", {"model": {"shape": [1, Path("x")]}})
     with pytest.raises(CheckpointError, match="bad.weight"):
-        export_ticket(state, {"bad.weight": torch.ones(2, dtype=torch.bool)}, tmp_path / "t.mirl", {})
+        export_ticket(state, {"bad.weight": torch.ones(2, dtype=torch.bool)}, tmp_path / "t.mirl",
+                      {})
     assert not list(tmp_path.iterdir())
 
 

@@ -17,7 +17,8 @@ REFERENCE = CHECKOUT / "tests" / "reference"
 
 def reference_rows() -> list[tuple[str, str, int, str]]:
     path = REFERENCE / "promptir_paper_parameters.tsv"
-    lines = [ln.rstrip("\n") for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    lines = [ln.rstrip("\n") for ln in path.read_text().splitlines()
+             if ln and not ln.startswith("#")]
     return [tuple(ln.split("\t")) for ln in lines[1:]]
 
 
@@ -94,7 +95,8 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng() -> None:
     b = build_model("tiny", seed=7)
     c = build_model("tiny", seed=8)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    assert not all(torch.equal(x, y)
+                   for x, y in zip(a.state_dict().values(), c.state_dict().values()))
 
 
 def test_unknown_preset_and_bad_widths_fail_loudly() -> None:

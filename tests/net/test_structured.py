@@ -1,4 +1,5 @@
-"""A structured ticket is a physically smaller PromptIR: saved, loaded and refused like any other."""
+"""A structured ticket is a physically smaller PromptIR: saved, loaded and refused like any
+other."""
 from __future__ import annotations
 
 from pathlib import Path

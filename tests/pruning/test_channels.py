@@ -43,7 +43,8 @@ def net(request: pytest.FixtureRequest) -> torch.nn.Module:
     with torch.no_grad():  # give the LayerNorms and biases values other than their 1 / 0 start
         for p in model.parameters():
             if p.dim() <= 1:
-                p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+                p.add_(0.2 * torch.randn(p.shape,
+                                         generator=torch.Generator().manual_seed(p.numel())))
     return model
 
 

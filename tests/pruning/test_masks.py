@@ -76,7 +76,8 @@ def test_density_report_and_sparsity() -> None:
     stats = sparsity(mask, model)
     assert report["kept"].sum() / report["total"].sum() == pytest.approx(stats["remaining_all"])
     masked = report[report["prunable"]]
-    assert masked["kept"].sum() / masked["total"].sum() == pytest.approx(stats["remaining_prunable"])
+    assert (masked["kept"].sum() / masked["total"].sum()
+            == pytest.approx(stats["remaining_prunable"]))
     assert len(density_report(mask)) == len(mask)
 
 

@@ -108,7 +108,8 @@ def test_prune_dispatches_on_config() -> None:
 def test_random_mask_keeps_per_tensor_counts_and_is_reproducible() -> None:
     weights = tiny_weights()
     reference = layerwise_magnitude(weights, full_mask(build_model("tiny")), 0.7)
-    first, again, other = random_mask(reference, 5), random_mask(reference, 5), random_mask(reference, 6)
+    first, again, other = (random_mask(reference, 5), random_mask(reference, 5),
+                           random_mask(reference, 6))
     assert counts(first) == counts(reference)
     assert all(torch.equal(first[n], again[n]) for n in reference)
     assert any(not torch.equal(first[n], other[n]) for n in reference)

@@ -1,5 +1,5 @@
-"""--gpus N / train.gpus: every point's training runs under torchrun with N ranks (tested with
-gloo on CPU, 2 ranks) and trains like one process (same schedule, statistically the same batches)."""
+"""--gpus N / train.gpus: every point's training runs under torchrun with N ranks (tested with gloo
+on CPU, 2 ranks) and trains like one process (same schedule, statistically the same batches)."""
 from __future__ import annotations
 
 import subprocess

@@ -62,7 +62,8 @@ def test_every_artifact_exists_and_is_consistent(smoke_run: SmokeRun) -> None:
         nb = nbformat.read(notebook, as_version=4)
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and str(SMOKE) in injected[0].source, notebook
-        assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+        assert not any(o.get("output_type") == "error"
+                       for c in nb.cells for o in c.get("outputs", []))
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64" in html
     record = json.loads((study.point_dir(0, "rewind", 3) / "point.json").read_text())

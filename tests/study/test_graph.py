@@ -66,7 +66,8 @@ def test_default_study_dependencies_are_what_each_strategy_reads() -> None:
         assert deps[f"branch_finetune_{r:02d}"] == {"dense", trunk, f"round_{r - 1:02d}"}
         assert deps[f"branch_small_dense_{r:02d}"] == set()  # sized from exact counts
     chains = open_study(PARAMS / "default.yaml", "/nonexistent",
-                        {"study": {"seeds": [0], "strategies": ["finetune_chain", "late_rewind_chain"]}})
+                        {"study": {"seeds": [0],
+                                   "strategies": ["finetune_chain", "late_rewind_chain"]}})
     chain_deps = dependencies(chains, stage_list(chains))
     assert chain_deps["branch_finetune_chain_01"] == {"dense"}
     assert chain_deps["branch_finetune_chain_05"] == {"dense", "branch_finetune_chain_04"}
@@ -128,7 +129,8 @@ def test_planning_the_paper_study_builds_no_network(monkeypatch: pytest.MonkeyPa
     plan = study.plan()
     assert plan["remaining_all"].iloc[15] == pytest.approx(0.10006, abs=1e-5)
     assert study.branch_rounds() == [3, 9, 15]
-    assert len(stage_list(study)) == 1 + 1 + 15 + 6 * 3 + 2  # data, dense, rounds, branches, eval+figs
+    # data, dense, rounds, branches, eval+figs
+    assert len(stage_list(study)) == 1 + 1 + 15 + 6 * 3 + 2
 
 
 def test_several_seeds_run_as_independent_stages_that_wait_only_for_their_own_seed() -> None:

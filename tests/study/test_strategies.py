@@ -45,8 +45,9 @@ def test_unknown_branch_is_refused_naming_the_file(tmp_path: Path) -> None:
     bad.write_text("study:\n  strategies: [finetune, lottery]\n")
     with pytest.raises(ConfigError) as info:
         open_study(bad, tmp_path)
-    assert str(bad) in str(info.value) and "study.strategies: unknown strategy(ies) ['lottery']" in str(
-        info.value) and "random_mask" in str(info.value)
+    assert (str(bad) in str(info.value)
+            and "study.strategies: unknown strategy(ies) ['lottery']" in str(info.value)
+            and "random_mask" in str(info.value))
 
 
 class _Undeclared(Strategy):
@@ -95,7 +96,8 @@ def registered():
 @pytest.mark.slow
 def test_adding_a_strategy_is_one_class(registered, tmp_path: Path) -> None:
     registered(_HalfRewind)
-    assert "half" in strategies.optional_names() and strategies.labels()["half"] == "half-way rewind"
+    assert ("half" in strategies.optional_names()
+            and strategies.labels()["half"] == "half-way rewind")
     study = smoke(tmp_path, study={"strategies": ["half"]})
     assert study.points("half") == [("half", r) for r in study.branch_rounds()]
     stages = stage_list(study)

@@ -91,7 +91,8 @@ def test_late_rewind_starts_from_step_k_and_resumes_the_schedule(study: Study,
     start, mask, step, extra = start_of(study, strategy, rnd)
     assert step == k and extra["rewind_step"] == k
     assert_masked_equal(start, snapshot, mask)
-    assert not torch.equal(snapshot["output.weight"], state(study, "dense", 0, "init.pt")["output.weight"])
+    assert not torch.equal(snapshot["output.weight"],
+                           state(study, "dense", 0, "init.pt")["output.weight"])
     history = pd.read_csv(study.point_dir(0, strategy, rnd) / "history.csv")
     assert history["step"].min() > k
 
@@ -194,10 +195,12 @@ def test_controls_use_their_own_recorded_seeds(study: Study) -> None:
     assert all(torch.equal(trunk[n], m) for n, m in mask_of(study, "reinit", rnd).items())
     start, mask, _, extra = start_of(study, "reinit", rnd)
     assert extra["init_seed"] == REINIT_SEED_OFFSET
-    assert_masked_equal(start, build_model(study.cfg.model, seed=REINIT_SEED_OFFSET).state_dict(), mask)
+    assert_masked_equal(start, build_model(study.cfg.model, seed=REINIT_SEED_OFFSET).state_dict(),
+                        mask)
 
     random = mask_of(study, "random_mask", rnd)
-    assert {n: int(m.sum()) for n, m in random.items()} == {n: int(m.sum()) for n, m in trunk.items()}
+    assert ({n: int(m.sum()) for n, m in random.items()}
+            == {n: int(m.sum()) for n, m in trunk.items()})
     assert any(not torch.equal(random[n], trunk[n]) for n in trunk)
     _, _, _, extra = start_of(study, "random_mask", rnd)
     assert extra["mask_seed"] == RANDOM_MASK_SEED_OFFSET + rnd

@@ -1,7 +1,8 @@
 """Test helpers: a tiny deterministic batch source, and a DDP training worker run by torchrun.
 
-``python -m torch.distributed.run --nproc_per_node=2 tests/training/ddp_worker.py OUT_DIR`` trains the
-``tiny`` preset with ``DDP_CONFIG`` and each rank saves its final weights as ``OUT_DIR/rank{r}.pt``.
+``python -m torch.distributed.run --nproc_per_node=2 tests/training/ddp_worker.py OUT_DIR`` trains
+the ``tiny`` preset with ``DDP_CONFIG`` and each rank saves its final weights as
+``OUT_DIR/rank{r}.pt``.
 """
 from __future__ import annotations
 

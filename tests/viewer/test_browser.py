@@ -144,7 +144,8 @@ def _run_all(page, selector: str) -> None:
 
 def test_viewer_renders_and_wipe_moves_in_chromium(lab: tuple[str, str], tmp_path: Path) -> None:
     base, token = lab
-    shot = SCREENSHOT if os.environ.get("MIRL_UPDATE_SCREENSHOT") == "1" else tmp_path / "viewer.png"
+    shot = (SCREENSHOT if os.environ.get("MIRL_UPDATE_SCREENSHOT") == "1"
+            else tmp_path / "viewer.png")
     main = "img.mirl-viewer-main"
     with sync_playwright() as p:
         browser = p.chromium.launch(
