@@ -85,6 +85,7 @@ def sizes_command(args: argparse.Namespace) -> None:
     from mirl_lib.core.config import load_config
     from mirl_lib.files.paths import HELDOUT_FILE
     from mirl_lib.report.comparisons import load_comparisons, read_optional
+    from mirl_lib.report.primary import blinded, held_back
     from mirl_lib.report.sizes import compact_block, sizes_block, speed_rows
 
     name = args.params_file or f"{args.run.name}.yaml"
@@ -93,7 +94,10 @@ def sizes_command(args: argparse.Namespace) -> None:
         raise DataError(f"{args.speed}: no CPU rows for {name}; run benchmarks/ticket_speed.py "
                         f"--params params/{name} --run {args.run}")
     metrics = pd.read_csv(metrics_path)
-    comps, level = load_comparisons(args.run, metrics), load_config(config).analysis.level
+    analysis = load_config(config).analysis
+    hidden = held_back(metrics, analysis)  # a pending confirmation's scored seeds: left out
+    metrics = blinded(metrics, hidden)
+    comps, level = load_comparisons(args.run, metrics), analysis.level
     if args.compact:
         text = compact_block(metrics, rows, comps, level)
         if not text:
@@ -101,7 +105,8 @@ def sizes_command(args: argparse.Namespace) -> None:
                             f"ticket's (a strategy's compared_with) ran; --compact has no table")
         print(f"<!-- sizes-compact:{args.run.name} -->\n{text}<!-- /sizes -->")
         return
-    text = sizes_block(metrics, read_optional(args.run / HELDOUT_FILE), rows, comps, level)
+    heldout = blinded(read_optional(args.run / HELDOUT_FILE), hidden)
+    text = sizes_block(metrics, heldout, rows, comps, level)
     print(f"<!-- sizes:{args.run.name} -->\n{text}<!-- /sizes -->")
 
 

@@ -24,11 +24,14 @@ from mirl_lib.report.comparisons import (
     where,
 )
 from mirl_lib.report.primary import (
+    HELD_BACK,
     PENDING,
     SHOWN,
     UNDECIDABLE,
     UNTESTABLE,
+    blinded,
     confirmation_table,
+    held_back,
     primary_table,
 )
 
@@ -97,9 +100,10 @@ def confirmation_sentences(confirm: pd.DataFrame, analysis: AnalysisConfig) -> l
     if first.decision == PENDING:
         planned = ", ".join(f"{_x(r.vs)} {100 * r.planned_power:.0f}%"
                             for r in confirm.itertuples())
+        held = f" {HELD_BACK}" if int(first.scored_seeds) else ""
         return [f"{head}: **pending**, {int(first.scored_seeds)} of {declared_n} seeds scored; "
-                f"no estimate before all are. Planned power (simulated from the comparisons "
-                f"above): {planned}."]
+                f"no estimate before all are.{held} Planned power (simulated from the "
+                f"comparisons above): {planned}."]
     shown = int((confirm["decision"] == SHOWN).sum())
     return ([f"{head}: {shown} of {k} shown."]
             + [f"Confirmation: {primary_sentence(r)}" for r in confirm.itertuples()])
@@ -136,8 +140,9 @@ def deepest_round(metrics: pd.DataFrame) -> int:
 def headline(metrics: pd.DataFrame, analysis: AnalysisConfig) -> str:
     """The answer as a markdown list, for the README's headline block."""
     rnd = deepest_round(metrics)
-    primary = primary_table(metrics, analysis, rnd)
     confirm = confirmation_table(metrics, analysis, rnd)
+    metrics = blinded(metrics, held_back(metrics, analysis))
+    primary = primary_table(metrics, analysis, rnd)
     curve = trunk_curve(metrics, analysis.level)
     return "\n".join(f"- {s}" for s in answer(primary, curve, analysis, confirm)) + "\n"
 

@@ -167,6 +167,31 @@ def declared(analysis: AnalysisConfig, rnd: int) -> list[Declared]:
     return [Declared(rnd, vs, kind) for vs, kind in analysis.comparisons()]
 
 
+# What a run says while a declared confirmation is pending and some of its seeds are scored.
+HELD_BACK = ("Until then the scores of those already scored are left out of every other table "
+             "and figure of this run")
+
+
+def held_back(metrics: pd.DataFrame, analysis: AnalysisConfig) -> tuple[int, ...]:
+    """The declared confirmation's seeds already scored in ``metrics`` while it is pending (not
+    every declared seed scored). Their scores stay out of every table, figure and line a run
+    shows (``blinded``) until the last declared seed is scored, so that nobody sees part of the
+    confirmation before its one look. Empty when no confirmation is declared, none of its seeds
+    is scored yet, or all are."""
+    if not analysis.confirm_seeds or "seed" not in metrics:
+        return ()
+    scored = sorted(int(s) for s in set(metrics["seed"]) & set(analysis.confirm_seeds))
+    return () if len(scored) == len(analysis.confirm_seeds) else tuple(scored)
+
+
+def blinded(table: pd.DataFrame | None, seeds: tuple[int, ...]) -> pd.DataFrame | None:
+    """``table`` (scores, held-out scores, the catalog, training curves: any table with a
+    ``seed`` column) without the rows of ``seeds`` (``held_back``)."""
+    if table is None or not seeds or "seed" not in table:
+        return table
+    return table[~table["seed"].isin(seeds)].reset_index(drop=True)
+
+
 def split_seeds(metrics: pd.DataFrame, analysis: AnalysisConfig
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(exploration, confirmation)``: the rows of the seeds outside and inside

@@ -35,7 +35,7 @@ from mirl_lib.report.gains import dense_bars, dense_gains
 from mirl_lib.report.headline import deepest_round, headline_decisions
 from mirl_lib.report.intervals import LEVEL, chance_misses
 from mirl_lib.report.means import point_means
-from mirl_lib.report.primary import SHOWN, primary_table
+from mirl_lib.report.primary import SHOWN, blinded, held_back, primary_table
 
 # A rerun's estimate within this many dB of the prediction interval counts as inside: identical
 # reruns must not fail on floating-point noise.
@@ -190,7 +190,9 @@ def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
         pd.DataFrame, pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame] | None, AnalysisConfig]:
     """The tables ``reproduction`` compares, read from two ``metrics.csv`` files: both runs'
     metrics; when both have a ``heldout.csv`` beside them, the two held-out tables (else
-    ``None``); the reference's analysis settings (its ``config.yaml``, else the defaults)."""
+    ``None``); the reference's analysis settings (its ``config.yaml``, else the defaults). Where
+    the rerun's own ``config.yaml`` declares a confirmation that is pending, the rerun's tables
+    leave out its seeds already scored (``primary.held_back``)."""
     from mirl_lib.core.config import load_config
 
     held = [path.with_name(HELDOUT_FILE) for path in (rerun, reference)]
@@ -199,7 +201,14 @@ def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
     config = next((p / CONFIG_FILE for p in (reference.parent, reference.parent.parent)
                    if (p / CONFIG_FILE).is_file()), None)
     analysis = load_config(config).analysis if config is not None else AnalysisConfig()
-    return pd.read_csv(rerun), pd.read_csv(reference), heldout, analysis
+    current = pd.read_csv(rerun)
+    own = rerun.with_name(CONFIG_FILE)
+    if own.is_file():
+        hidden = held_back(current, load_config(own).analysis)
+        current = blinded(current, hidden)
+        if heldout is not None:
+            heldout = (blinded(heldout[0], hidden), heldout[1])
+    return current, pd.read_csv(reference), heldout, analysis
 
 
 # What ``keep_reference`` copies, in this order: ``metrics.csv`` last, so that its presence in

@@ -31,7 +31,7 @@ from mirl_lib.report.comparisons import (
 )
 from mirl_lib.report.headline import deepest_round
 from mirl_lib.report.means import collapse_of
-from mirl_lib.report.primary import confirmation_table, primary_table
+from mirl_lib.report.primary import blinded, confirmation_table, held_back, primary_table
 from mirl_lib.report.summary import config_notes, write_summary
 from mirl_lib.study.study import Study
 
@@ -52,20 +52,23 @@ def analyse_run(run_dir: Path, cfg: Config, metrics: pd.DataFrame | None = None
     (``comparisons.csv``), test the primary comparisons of ``cfg.analysis`` (``primary.csv``; a
     declared confirmation: ``confirmation.csv``) and
     write ``summary.md``. Reads only those tables, never a network, so a finished run (one
-    copied back from a cluster, or a committed one) can be analysed again. Returns the primary
-    table and the summary's path."""
+    copied back from a cluster, or a committed one) can be analysed again. While the
+    confirmation is pending, the seeds of it already scored count only in ``confirmation.csv``
+    (``primary.held_back``). Returns the primary table and the summary's path."""
     run_dir = Path(run_dir)
     analysis = cfg.analysis
     if metrics is None:
         metrics = pd.read_csv(run_dir / METRICS_FILE)
-    comps = comparisons(metrics, analysis.level)
-    write_comparisons(run_dir, comps)
     rnd = deepest_round(metrics)
-    primary = primary_table(metrics, analysis, rnd)
-    atomic_write_text(primary.to_csv(index=False), run_dir / PRIMARY_FILE)
     confirm = confirmation_table(metrics, analysis, rnd)
     if analysis.confirm_seeds:
         atomic_write_text(confirm.to_csv(index=False), run_dir / CONFIRMATION_FILE)
+    # a pending confirmation's scored seeds are left out of everything else
+    visible = blinded(metrics, held_back(metrics, analysis))
+    comps = comparisons(visible, analysis.level)
+    write_comparisons(run_dir, comps)
+    primary = primary_table(visible, analysis, rnd)
+    atomic_write_text(primary.to_csv(index=False), run_dir / PRIMARY_FILE)
     summary = write_summary(run_dir, metrics, f"mirl study `{cfg.study.name}`",
                             analysis, config_notes(cfg),
                             heldout=read_optional(run_dir / HELDOUT_FILE),
@@ -81,6 +84,7 @@ def draw_statistics(run_dir: Path, analysis: AnalysisConfig) -> list[Path]:
     run_dir = Path(run_dir)
     folder = run_dir / FIGURES_DIR
     metrics = pd.read_csv(run_dir / METRICS_FILE)
+    metrics = blinded(metrics, held_back(metrics, analysis))
     primary = read_optional(run_dir / PRIMARY_FILE)
     return [
         figures.psnr_vs_remaining(metrics, folder / FIGURE_FILES["psnr_vs_remaining"],
@@ -99,11 +103,14 @@ def draw_figures(study: Study) -> list[Path]:
     last = max(r for _, r in study.points(TRUNK))
     seeds = list(study.cfg.study.seeds)
     report = study.point_table(TRUNK, last, MASK_REPORT_FILE)
-    collapse = collapse_of(read_optional(study.run_dir / CATALOG_FILE), TRUNK, last)
+    held = held_back(pd.read_csv(study.run_dir / METRICS_FILE), study.cfg.analysis)
+    collapse = collapse_of(blinded(read_optional(study.run_dir / CATALOG_FILE), held), TRUNK,
+                           last)
     return [
         *draw_statistics(study.run_dir, study.cfg.analysis),
         figures.layer_density(report, folder / FIGURE_FILES["layer_density"],
                               f"Final ticket (round {last}, seeds {seeds}): per-layer density",
                               collapse),
-        figures.training_curves(study.histories(), folder / FIGURE_FILES["training_curves"]),
+        figures.training_curves(blinded(study.histories(), held),
+                                folder / FIGURE_FILES["training_curves"]),
     ]

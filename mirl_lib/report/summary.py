@@ -24,8 +24,11 @@ from mirl_lib.report.gains import dense_bars, dense_gains, gains_table
 from mirl_lib.report.headline import answer, deepest_round, method_note
 from mirl_lib.report.means import cell, collapse_of, point_means, sd, seed_stats
 from mirl_lib.report.primary import (
+    HELD_BACK,
     PENDING,
+    blinded,
     confirmation_table,
+    held_back,
     planning_table,
     primary_table,
 )
@@ -128,8 +131,10 @@ def _confirmation_section(confirm: pd.DataFrame, analysis: AnalysisConfig) -> li
              f"on these photos, simulated from the variance components above (as *power* there, "
              f"at α / {len(confirm)}).", ""]
     if confirm["decision"].iloc[0] == PENDING:
-        lines += [f"Pending: {int(confirm['scored_seeds'].iloc[0])} of {declared_n} seeds "
-                  "scored.", "", "| X | hypothesis | planned power |", "|---|---|---|"]
+        scored = int(confirm['scored_seeds'].iloc[0])
+        lines += [f"Pending: {scored} of {declared_n} seeds scored."
+                  + (f" {HELD_BACK}." if scored else ""),
+                  "", "| X | hypothesis | planned power |", "|---|---|---|"]
         lines += [f"| {label(r.vs)} | {r.kind} | {100 * r.planned_power:.0f}% |"
                   for r in confirm.itertuples()]
         return lines
@@ -280,12 +285,17 @@ def summary_markdown(metrics: pd.DataFrame, title: str, analysis: AnalysisConfig
     ``points`` (the run's ``catalog.csv``) a layer-collapse section. ``comps``, ``primary`` and
     ``confirm``: a precomputed ``comparisons(metrics)``, ``primary_table`` and
     ``confirmation_table`` at the deepest round (their power simulations take seconds).
+    While a declared confirmation is pending, the seeds of it already scored are left out of
+    every section but the confirmation's count (``primary.held_back``); ``comps`` must then be
+    computed without them too.
     """
+    rnd = deepest_round(metrics)
+    confirm = confirmation_table(metrics, analysis, rnd) if confirm is None else confirm
+    held = held_back(metrics, analysis)  # a pending confirmation's scored seeds: left out
+    metrics, heldout, points = (blinded(t, held) for t in (metrics, heldout, points))
     comps = comparisons(metrics, analysis.level) if comps is None else comps
     stats_ = seed_stats(point_means(metrics))
-    rnd = deepest_round(metrics)
     primary = primary_table(metrics, analysis, rnd) if primary is None else primary
-    confirm = confirmation_table(metrics, analysis, rnd) if confirm is None else confirm
     curve = trunk_curve(metrics, analysis.level)
     lines = [f"# {title}", "", notes, "", "## Answer", ""]
     for sentence in answer(primary, curve, analysis, confirm):

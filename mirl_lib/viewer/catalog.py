@@ -1,5 +1,5 @@
 """The restorable points of a finished run folder (``RunCatalog``: its ``catalog.csv`` rows whose
-ticket file exists).
+ticket file exists, less the seeds of a pending confirmation already scored).
 """
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mirl_lib.core.config import load_config
 from mirl_lib.core.errors import DataError
-from mirl_lib.files.paths import CATALOG_FILE, VIEWER_COLUMNS
+from mirl_lib.files.paths import CATALOG_FILE, CONFIG_FILE, VIEWER_COLUMNS
+from mirl_lib.report.primary import blinded, held_back
 from mirl_lib.study import strategies
 
 
@@ -40,6 +42,14 @@ class RunCatalog:
                                   "strategy": str, "ticket": str})
         except ValueError as exc:
             raise DataError(f"{path}: a column has values of the wrong type ({exc})") from None
+        # A pending confirmation's seeds stay out of sight until all are scored.
+        config = self.run_dir / CONFIG_FILE
+        if config.is_file():
+            frame = blinded(frame, held_back(frame, load_config(config).analysis))
+            if frame.empty:
+                raise DataError(f"{path}: every point belongs to a pending confirmation's seeds "
+                                f"(analysis.confirm_seeds of {config}); they are shown once all "
+                                f"are scored")
         # A clone holds only the committed tickets: offer the points whose ticket is on disk.
         frame = frame[[(self.run_dir / t).is_file() for t in frame["ticket"]]]
         if frame.empty:

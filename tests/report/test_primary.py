@@ -182,6 +182,19 @@ def test_a_declared_confirmation_is_tested_on_its_seeds_alone_once_all_are_score
     assert pr.confirmation_table(data, plain, 2).empty
 
 
+def test_a_pending_confirmations_scored_seeds_are_held_back() -> None:
+    """``held_back``: the declared seeds already scored, while one is missing; ``blinded``
+    drops their rows from any table with a ``seed`` column."""
+    table = pd.DataFrame({"seed": [0, 0, 1, 5, 5, 6], "psnr": [1.0, 2, 3, 4, 5, 6]})
+    declared = AnalysisConfig(confirm_seeds=(5, 6, 7))
+    assert pr.held_back(table, declared) == (5, 6)
+    assert list(pr.blinded(table, (5, 6))["psnr"]) == [1.0, 2, 3]
+    assert pr.held_back(table[table["seed"] < 5], declared) == ()  # none scored yet
+    assert pr.held_back(table, AnalysisConfig(confirm_seeds=(5, 6))) == ()  # all scored
+    assert pr.held_back(table, AnalysisConfig()) == ()  # none declared
+    assert pr.blinded(None, (5,)) is None and pr.blinded(table, ()) is table
+
+
 def test_a_bad_confirmation_declaration_names_the_key() -> None:
     with pytest.raises(ConfigError, match="analysis.confirm_seeds: lists a seed twice"):
         AnalysisConfig(confirm_seeds=(5, 5))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from mirl_lib.core.config import AnalysisConfig
@@ -23,6 +24,7 @@ from mirl_lib.report.comparisons import (
 from mirl_lib.report.headline import answer, headline, headline_decisions, primary_sentence
 from mirl_lib.report.means import point_means, seed_stats
 from mirl_lib.report.primary import (
+    HELD_BACK,
     NOT_SHOWN,
     SHOWN,
     UNDECIDABLE,
@@ -30,7 +32,7 @@ from mirl_lib.report.primary import (
     confirmation_table,
     primary_table,
 )
-from mirl_lib.report.reproduction import reproduction
+from mirl_lib.report.reproduction import reproduction, reproduction_inputs
 from mirl_lib.report.summary import summary_markdown
 
 # the primary comparisons these tables can make (at round 2)
@@ -188,6 +190,27 @@ def test_a_declared_confirmation_is_pending_then_decided_in_headline_and_summary
     assert f"random re-init {100 * planned['reinit']:.0f}%" in pending[0]
     text = summary_markdown(partial, "t", declared)
     assert "## Confirmation" in text and "Pending: 2 of 3 seeds scored." in text
+    # seeds 3 and 4 are scored but held back: nothing else shows them until seed 5 is scored
+    assert HELD_BACK in pending[0] and HELD_BACK in text
+    assert text == summary_markdown(partial, "t", declared,
+                                    confirm=confirmation_table(partial, declared, 2))
+    explored = partial[partial["seed"] < 3]
+    assert headline(partial, declared).split("- Confirmation")[0] == \
+        headline(explored, declared).split("- Confirmation")[0]
+    def unconfirmed(page: str) -> list[str]:
+        return [line for line in page.splitlines() if "onfirmation" not in line
+                and not line.startswith("Pending")]
+
+    assert unconfirmed(text) == unconfirmed(summary_markdown(explored, "t", declared))
+    cfg = Config(study=StudyConfig(seeds=(0, 1, 2, 3, 4, 5)), analysis=declared)
+    pending_dir = tmp_path / "pending"
+    analyse_run(pending_dir, cfg, partial)
+    assert pd.read_csv(pending_dir / "comparisons.csv")["seeds"].eq(3).all()
+    assert pd.read_csv(pending_dir / "confirmation.csv")["scored_seeds"].eq(2).all()
+    partial.to_csv(pending_dir / "metrics.csv", index=False)
+    (pending_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    seen, _, _, _ = reproduction_inputs(pending_dir / "metrics.csv", pending_dir / "metrics.csv")
+    assert sorted(seen["seed"].unique()) == [0, 1, 2]
 
     decided = headline(data, declared).strip().splitlines()
     confirm = confirmation_table(data, declared, 2)
@@ -201,8 +224,8 @@ def test_a_declared_confirmation_is_pending_then_decided_in_headline_and_summary
     assert f"planned power {100 * row.planned_power:.0f}%" in primary_sentence(row)
     assert "| random re-init | superiority | +" in summary_markdown(data, "t", declared)
 
-    cfg = Config(study=StudyConfig(seeds=(0, 1, 2, 3, 4, 5)), analysis=declared)
     analyse_run(tmp_path, cfg, data)
+    assert pd.read_csv(tmp_path / "comparisons.csv")["seeds"].eq(6).all()  # all seeds again
     written = pd.read_csv(tmp_path / "confirmation.csv")
     assert list(written["decision"]) == list(confirm["decision"])
     assert pd.read_csv(tmp_path / "primary.csv")["seeds"].eq(3).all()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from mirl_lib.core import protocol
@@ -73,6 +74,24 @@ def test_catalog_offers_only_points_whose_ticket_is_on_disk(viewer_run: Path) ->
     for ticket in viewer_run.glob("seed_*/*/round_*/ticket.mirl"):
         ticket.unlink()
     with pytest.raises(DataError, match="none of the catalog's ticket files exist"):
+        RunCatalog(viewer_run)
+
+
+def test_a_pending_confirmations_seeds_are_not_offered(viewer_run: Path) -> None:
+    """Seeds of a declared confirmation stay out of the viewer until all of them are scored."""
+    config = viewer_run / "config.yaml"
+    declared = yaml.safe_load(config.read_text())
+
+    def declare(seeds: list[int]) -> None:
+        declared["analysis"]["confirm_seeds"] = seeds
+        config.write_text(yaml.safe_dump(declared, sort_keys=False))
+
+    declare([1, 2])  # seed 1 scored, seed 2 not yet
+    assert RunCatalog(viewer_run).seeds() == [0]
+    declare([0, 1])  # all scored: the confirmation's one look has come
+    assert RunCatalog(viewer_run).seeds() == [0, 1]
+    declare([0, 1, 2])
+    with pytest.raises(DataError, match="pending confirmation's seeds"):
         RunCatalog(viewer_run)
 
 
