@@ -30,9 +30,10 @@ from benchrows import merge_rows  # noqa: E402
 from mirl_lib.core.config import load_config  # noqa: E402
 from mirl_lib.core.names import DENSE, TRUNK  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
-from mirl_lib.files.paths import BENCHMARK_RESULTS, CONFIG_FILE, METRICS_FILE  # noqa: E402
+from mirl_lib.files.paths import BENCHMARK_RESULTS, CONFIG_FILE  # noqa: E402
 from mirl_lib.report import intervals  # noqa: E402
 from mirl_lib.report.headline import deepest_round  # noqa: E402
+from mirl_lib.report.primary import visible_scores  # noqa: E402
 
 COLUMNS = ["run", "vs", "method", "seeds", "photos", "crops", "level", "coverage", "mc_se",
            "sims", "var_seed", "var_photo", "var_inter", "var_task", "var_crop"]
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 5, 10])
     parser.add_argument("--out", type=Path, default=BENCHMARK_RESULTS / "coverage.csv")
     args = parser.parse_args(argv)
-    metrics = pd.read_csv(args.run / METRICS_FILE)
+    metrics, _ = visible_scores(args.run)  # a pending confirmation's seeds held back
     analysis = load_config(args.run / CONFIG_FILE).analysis
     rnd = deepest_round(metrics)
     rng = np.random.default_rng(0)

@@ -73,7 +73,7 @@ def sizes_command(args: argparse.Namespace) -> None:
     same size with their quality (``metrics.csv``, ``heldout.csv``, ``comparisons.csv``) and their
     CPU speed (``--speed``'s rows for ``--params-file``); with ``--compact``,
     ``report.sizes.compact_block`` (the README's short table)."""
-    metrics_path, config = finished_run(args.run)
+    _, config = finished_run(args.run)
     if not args.speed.is_file():
         raise DataError(f"{args.speed}: no such file (benchmarks/ticket_speed.py writes it)")
     import pandas as pd
@@ -83,9 +83,8 @@ def sizes_command(args: argparse.Namespace) -> None:
     if missing:
         raise DataError(f"{args.speed}: no column(s) {missing}; rerun benchmarks/ticket_speed.py")
     from mirl_lib.core.config import load_config
-    from mirl_lib.files.paths import HELDOUT_FILE
-    from mirl_lib.report.comparisons import load_comparisons, read_optional
-    from mirl_lib.report.primary import blinded, held_back
+    from mirl_lib.report.comparisons import load_comparisons
+    from mirl_lib.report.primary import visible_scores
     from mirl_lib.report.sizes import compact_block, sizes_block, speed_rows
 
     name = args.params_file or f"{args.run.name}.yaml"
@@ -93,11 +92,8 @@ def sizes_command(args: argparse.Namespace) -> None:
     if rows.empty:
         raise DataError(f"{args.speed}: no CPU rows for {name}; run benchmarks/ticket_speed.py "
                         f"--params params/{name} --run {args.run}")
-    metrics = pd.read_csv(metrics_path)
-    analysis = load_config(config).analysis
-    hidden = held_back(metrics, analysis)  # a pending confirmation's scored seeds: left out
-    metrics = blinded(metrics, hidden)
-    comps, level = load_comparisons(args.run, metrics), analysis.level
+    metrics, heldout = visible_scores(args.run)  # a pending confirmation's seeds held back
+    comps, level = load_comparisons(args.run, metrics), load_config(config).analysis.level
     if args.compact:
         text = compact_block(metrics, rows, comps, level)
         if not text:
@@ -105,7 +101,6 @@ def sizes_command(args: argparse.Namespace) -> None:
                             f"ticket's (a strategy's compared_with) ran; --compact has no table")
         print(f"<!-- sizes-compact:{args.run.name} -->\n{text}<!-- /sizes -->")
         return
-    heldout = blinded(read_optional(args.run / HELDOUT_FILE), hidden)
     text = sizes_block(metrics, heldout, rows, comps, level)
     print(f"<!-- sizes:{args.run.name} -->\n{text}<!-- /sizes -->")
 

@@ -100,7 +100,7 @@ def confirmation_sentences(confirm: pd.DataFrame, analysis: AnalysisConfig) -> l
     if first.decision == PENDING:
         planned = ", ".join(f"{_x(r.vs)} {100 * r.planned_power:.0f}%"
                             for r in confirm.itertuples())
-        held = f" {HELD_BACK}" if int(first.scored_seeds) else ""
+        held = f" {HELD_BACK}." if int(first.scored_seeds) else ""
         return [f"{head}: **pending**, {int(first.scored_seeds)} of {declared_n} seeds scored; "
                 f"no estimate before all are.{held} Planned power (simulated from the "
                 f"comparisons above): {planned}."]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,7 @@ from statsmodels.stats.multitest import multipletests
 
 from mirl_lib.core.config import AnalysisConfig
 from mirl_lib.core.names import ALL_IN_ONE, DENSE, TRUNK
+from mirl_lib.files.paths import CONFIG_FILE, HELDOUT_FILE, METRICS_FILE
 from mirl_lib.report.intervals import Crossed, cell_table, crossed, crossed_many, pairs
 
 SHOWN, NOT_SHOWN, UNDECIDABLE = "shown", "not shown", "undecidable"
@@ -190,6 +192,23 @@ def blinded(table: pd.DataFrame | None, seeds: tuple[int, ...]) -> pd.DataFrame 
     if table is None or not seeds or "seed" not in table:
         return table
     return table[~table["seed"].isin(seeds)].reset_index(drop=True)
+
+
+def visible_scores(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A run folder's ``metrics.csv`` and ``heldout.csv`` (``None`` where there is none) as the
+    run may show them: without the seeds its ``config.yaml`` holds back (``held_back``). Read a
+    run's scores through this, not ``pd.read_csv``, wherever they are shown."""
+    from mirl_lib.core.config import load_config
+
+    run_dir = Path(run_dir)
+    metrics = pd.read_csv(run_dir / METRICS_FILE)
+    path = run_dir / HELDOUT_FILE
+    heldout = pd.read_csv(path) if path.is_file() else None
+    config = run_dir / CONFIG_FILE
+    if config.is_file():
+        hidden = held_back(metrics, load_config(config).analysis)
+        metrics, heldout = blinded(metrics, hidden), blinded(heldout, hidden)
+    return metrics, heldout
 
 
 def split_seeds(metrics: pd.DataFrame, analysis: AnalysisConfig

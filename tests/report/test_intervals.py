@@ -12,6 +12,7 @@ from scipy import stats as scipy_stats
 from mirl_lib.core.names import ALL_IN_ONE, TASKS
 from mirl_lib.files.paths import CHECKOUT
 from mirl_lib.report import intervals as iv
+from mirl_lib.report.primary import visible_scores
 
 
 def long(cells: np.ndarray, tasks=("derain",), crops: int = 1, noise: float = 0.0,
@@ -141,7 +142,7 @@ def test_the_prediction_interval_covers_a_rerun_on_the_same_photos(seeds: int) -
 
 def committed_model() -> iv.Components:
     """The variance components of the committed full tier's ticket − dense at round 12."""
-    metrics = pd.read_csv(CHECKOUT / "results" / "full" / "metrics.csv")
+    metrics, _ = visible_scores(CHECKOUT / "results" / "full")
     deepest = int(metrics.loc[metrics["strategy"] == "rewind", "round"].max())
     return iv.Components.of(iv.pairs(metrics, "psnr", ("rewind", deepest), ("dense", 0)))
 
