@@ -191,8 +191,8 @@ def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
     """The tables ``reproduction`` compares, read from two ``metrics.csv`` files: both runs'
     metrics; when both have a ``heldout.csv`` beside them, the two held-out tables (else
     ``None``); the reference's analysis settings (its ``config.yaml``, else the defaults). Where
-    the rerun's own ``config.yaml`` declares a confirmation that is pending, the rerun's tables
-    leave out its seeds already scored (``primary.held_back``)."""
+    a run's ``config.yaml`` (the rerun's own, the reference's) declares a confirmation that is
+    pending, that run's tables leave out its seeds already scored (``primary.held_back``)."""
     from mirl_lib.core.config import load_config
 
     held = [path.with_name(HELDOUT_FILE) for path in (rerun, reference)]
@@ -201,14 +201,14 @@ def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
     config = next((p / CONFIG_FILE for p in (reference.parent, reference.parent.parent)
                    if (p / CONFIG_FILE).is_file()), None)
     analysis = load_config(config).analysis if config is not None else AnalysisConfig()
-    current = pd.read_csv(rerun)
+    current, committed = pd.read_csv(rerun), pd.read_csv(reference)
     own = rerun.with_name(CONFIG_FILE)
-    if own.is_file():
-        hidden = held_back(current, load_config(own).analysis)
-        current = blinded(current, hidden)
-        if heldout is not None:
-            heldout = (blinded(heldout[0], hidden), heldout[1])
-    return current, pd.read_csv(reference), heldout, analysis
+    hidden = (held_back(current, load_config(own).analysis) if own.is_file() else (),
+              held_back(committed, analysis))
+    current, committed = blinded(current, hidden[0]), blinded(committed, hidden[1])
+    if heldout is not None:
+        heldout = (blinded(heldout[0], hidden[0]), blinded(heldout[1], hidden[1]))
+    return current, committed, heldout, analysis
 
 
 # What ``keep_reference`` copies, in this order: ``metrics.csv`` last, so that its presence in

@@ -209,8 +209,9 @@ def test_a_declared_confirmation_is_pending_then_decided_in_headline_and_summary
     assert pd.read_csv(pending_dir / "confirmation.csv")["scored_seeds"].eq(2).all()
     partial.to_csv(pending_dir / "metrics.csv", index=False)
     (pending_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    seen, _, _, _ = reproduction_inputs(pending_dir / "metrics.csv", pending_dir / "metrics.csv")
-    assert sorted(seen["seed"].unique()) == [0, 1, 2]
+    seen, reference, _, _ = reproduction_inputs(pending_dir / "metrics.csv",
+                                                pending_dir / "metrics.csv")
+    assert sorted(seen["seed"].unique()) == sorted(reference["seed"].unique()) == [0, 1, 2]
 
     decided = headline(data, declared).strip().splitlines()
     confirm = confirmation_table(data, declared, 2)
