@@ -195,15 +195,16 @@ def blinded(table: pd.DataFrame | None, seeds: tuple[int, ...]) -> pd.DataFrame 
 
 
 def visible_scores(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """A run folder's ``metrics.csv`` and ``heldout.csv`` (``None`` where there is none) as the
-    run may show them: without the seeds its ``config.yaml`` holds back (``held_back``). Read a
-    run's scores through this, not ``pd.read_csv``, wherever they are shown."""
+    """A run folder's ``metrics.csv`` and ``heldout.csv`` (``None`` where it is absent or empty,
+    as ``comparisons.read_optional`` reads it) as the run may show them: without the seeds its
+    ``config.yaml`` holds back (``held_back``). Read a run's scores through this, not
+    ``pd.read_csv``, wherever they are shown."""
     from mirl_lib.core.config import load_config
+    from mirl_lib.report.comparisons import read_optional
 
     run_dir = Path(run_dir)
     metrics = pd.read_csv(run_dir / METRICS_FILE)
-    path = run_dir / HELDOUT_FILE
-    heldout = pd.read_csv(path) if path.is_file() else None
+    heldout = read_optional(run_dir / HELDOUT_FILE)
     config = run_dir / CONFIG_FILE
     if config.is_file():
         hidden = held_back(metrics, load_config(config).analysis)
