@@ -114,12 +114,13 @@ def psnr_vs_remaining(metrics: pd.DataFrame, path: Path, curve: pd.DataFrame | N
 
 def comparison_forest(comparisons: pd.DataFrame, path: Path, primary: pd.DataFrame | None = None,
                       margin: float = 0.25, metric: str = "psnr",
-                      rounds: list[int] | None = None) -> Path:
+                      rounds: list[int] | None = None, decided_by: str = "primary") -> Path:
     """Forest plots of the paired comparisons (``report.comparisons.comparisons``), one panel per
     branch round: for every X compared with the ticket at that round, ticket − X all-in-one (large
     marker) and per task (small), with the 95% interval as whiskers and the ±margin band shaded.
-    A primary comparison (``primary``: ``report.primary.primary_table``) is coloured by its
-    decision; every other estimate is exploratory (black)."""
+    A primary comparison (``primary``: ``report.primary.primary_table``, or a decided
+    ``confirmation_table`` with ``decided_by="confirmation"``, as the legend then says) is
+    coloured by its decision; every other estimate is exploratory (black)."""
     data = (comparisons[(comparisons["metric"] == metric) & (comparisons["a"] == TRUNK)]
             if len(comparisons) else comparisons)
     rounds = branch_rounds(data, "b") if rounds is None else rounds
@@ -171,7 +172,7 @@ def comparison_forest(comparisons: pd.DataFrame, path: Path, primary: pd.DataFra
         ax.set_title(f"{100 * float(at['remaining'].iloc[0]):.1f}% remaining (round {rnd})",
                      fontsize=10)
     handles = [plt.Line2D([], [], ls="", marker="o", color=c,
-                          label=v if v == "exploratory" else f"primary: {v}")
+                          label=v if v == "exploratory" else f"{decided_by}: {v}")
                for v, c in DECISION_COLOURS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
                bbox_to_anchor=(0.5, -0.06))

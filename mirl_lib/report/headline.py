@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mirl_lib.core.config import AnalysisConfig
@@ -47,17 +48,22 @@ def _x(vs: str) -> str:
 def needs(row: Any) -> str:
     """``about 7 seeds give 80% power``, or, where no seed count up to 200 does, how many photos
     would at the run's seeds (or that none up to 100 does); for a confirmation (a row with
-    ``planned_power``), the power it was planned with."""
-    if hasattr(row, "planned_power"):
-        return f"planned power {100 * row.planned_power:.0f}%"
+    ``planned_power``), the power it was planned with first."""
+    planned = (f"planned power {100 * row.planned_power:.0f}%"
+               if hasattr(row, "planned_power") else "")
+    if planned and pd.isna(getattr(row, "power", np.nan)):
+        return planned
     if pd.notna(row.seeds_needed):
-        return f"about {int(row.seeds_needed)} seeds give 80% power"
-    text = "no number of seeds up to 200 gives it 80% power on these photos"
-    photos = getattr(row, "photos_needed", pd.NA)
-    if pd.notna(photos):
-        return f"{text}; about {int(photos)} photos would, at {int(row.seeds)} seeds"
-    return f"{text}, nor do 100 photos" + (" at the measured difference"
-                                           if row.kind == "superiority" else "")
+        text = f"about {int(row.seeds_needed)} seeds give 80% power"
+    else:
+        text = "no number of seeds up to 200 gives it 80% power on these photos"
+        photos = getattr(row, "photos_needed", pd.NA)
+        if pd.notna(photos):
+            text += f"; about {int(photos)} photos would, at {int(row.seeds)} seeds"
+        else:
+            text += ", nor do 100 photos" + (" at the measured difference"
+                                             if row.kind == "superiority" else "")
+    return f"{planned}; {text}" if planned else text
 
 
 def primary_sentence(row: Any) -> str:
@@ -112,20 +118,29 @@ def confirmation_sentences(confirm: pd.DataFrame, analysis: AnalysisConfig) -> l
 def answer(primary: pd.DataFrame, curve: pd.DataFrame, analysis: AnalysisConfig,
            confirm: pd.DataFrame | None = None) -> list[str]:
     """The answer as sentences: where the primary comparisons stand, each primary decision, the
-    declared confirmation (``confirm``: ``primary.confirmation_table``) and the trunk curve."""
+    declared confirmation (``confirm``: ``primary.confirmation_table``) and the trunk curve. Once
+    the confirmation is decided, the primary comparisons (its exploration) are one sentence and
+    the confirmation's decisions the sentences that follow."""
     if primary.empty:
         return ["No primary comparison could be computed (their points are missing)."]
     first = primary.iloc[0]
     shown = int((primary["decision"] == SHOWN).sum())
     on = (f"; tested on the {int(primary['seeds'].max())} seeds outside the confirmation below"
           if analysis.confirm_seeds else "")
-    sentences = [
-        f"Primary comparisons (declared in the params file; ticket at "
-        f"{where(int(first['round']), first.remaining)} − X, all-in-one PSNR, 95% intervals over "
-        f"seeds and photos crossed, margin ±{analysis.margin_db:.2f} dB, Holm over "
-        f"{len(primary)} at family-wise α = {analysis.alpha:g}{on}): {shown} of {len(primary)} "
-        f"shown."]
-    sentences += [primary_sentence(r) for r in primary.itertuples()]
+    setup = (f"ticket at {where(int(first['round']), first.remaining)} − X, all-in-one PSNR, "
+             f"95% intervals over seeds and photos crossed, margin ±{analysis.margin_db:.2f} dB, "
+             f"Holm over {len(primary)} at family-wise α = {analysis.alpha:g}{on}")
+    if confirm is not None and len(confirm) and confirm["decision"].iloc[0] != PENDING:
+        # the confirmation decides: the exploration before it in one sentence (its table, with
+        # power and the seeds each needs, is in the summary)
+        each = "; ".join(f"{_x(r.vs)} {interval(r, ' dB')} ({r.decision})"
+                         for r in primary.itertuples())
+        sentences = [f"Exploration: the primary comparisons (declared in the params file; "
+                     f"{setup}): {shown} of {len(primary)} shown; ticket − X: {each}."]
+    else:
+        sentences = [f"Primary comparisons (declared in the params file; {setup}): {shown} of "
+                     f"{len(primary)} shown."]
+        sentences += [primary_sentence(r) for r in primary.itertuples()]
     if confirm is not None:
         sentences += confirmation_sentences(confirm, analysis)
     sentences.append(curve_reading(curve))

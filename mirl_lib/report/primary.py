@@ -271,6 +271,14 @@ def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
     table, results = _tested(split_seeds(metrics, analysis)[0], analysis, rnd)
     if table.empty:
         return pd.DataFrame(columns=COLUMNS)
+    return _decided(table, results, analysis, with_power)[COLUMNS]
+
+
+def _decided(table: pd.DataFrame, results: list, analysis: AnalysisConfig,
+             with_power: bool = True) -> pd.DataFrame:
+    """``table`` (``_tested``'s) with each comparison's decision and, ``with_power``, its power
+    at the seeds it has, the seeds that give ``analysis.power`` on its photos and the photos that
+    give it at its seeds, all simulated from its own variance components at Holm's first step."""
     m, each = analysis.margin_db, analysis.alpha / len(table)
     decisions, powers, needed, photos = [], [], [], []
     for (item, result), p_holm in zip(results, table["p_holm"]):
@@ -284,7 +292,7 @@ def primary_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int,
     table["power"] = powers
     table["seeds_needed"] = pd.array(needed, dtype="Int64")
     table["photos_needed"] = pd.array(photos, dtype="Int64")
-    return table[COLUMNS]
+    return table
 
 
 # the designs ``planning_table`` prices: seeds, and photos besides the run's own
@@ -316,7 +324,8 @@ def confirmation_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int
     confirmation of that many seeds on the run's photos, simulated from the exploration's variance
     components (``power`` at Holm's first step). Until every declared seed is scored, the
     comparisons are ``PENDING`` with no estimate; then they are tested as ``primary_table`` tests
-    (Holm over the declared set)."""
+    (Holm over the declared set), with the power they had and the seeds and photos that would
+    have given ``analysis.power``, from the confirmation's own variance components."""
     if not analysis.confirm_seeds:
         return pd.DataFrame(columns=CONFIRM_COLUMNS)
     explore, confirm = split_seeds(metrics, analysis)
@@ -335,8 +344,7 @@ def confirmation_table(metrics: pd.DataFrame, analysis: AnalysisConfig, rnd: int
         table, results = _tested(confirm, analysis, rnd)
         if table.empty:
             return pd.DataFrame(columns=CONFIRM_COLUMNS)
-        table["decision"] = [_decision(item, result, p_holm, analysis)
-                             for (item, result), p_holm in zip(results, table["p_holm"])]
+        table = _decided(table, results, analysis)
     table["declared_seeds"] = " ".join(str(s) for s in analysis.confirm_seeds)
     table["scored_seeds"] = len(scored)
     table["planned_power"] = [planned.get(vs, np.nan) for vs in table["vs"]]

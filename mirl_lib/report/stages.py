@@ -31,7 +31,13 @@ from mirl_lib.report.comparisons import (
 )
 from mirl_lib.report.headline import deepest_round
 from mirl_lib.report.means import collapse_of
-from mirl_lib.report.primary import blinded, confirmation_table, held_back, primary_table
+from mirl_lib.report.primary import (
+    PENDING,
+    blinded,
+    confirmation_table,
+    held_back,
+    primary_table,
+)
 from mirl_lib.report.summary import config_notes, write_summary
 from mirl_lib.study.study import Study
 
@@ -79,19 +85,24 @@ def analyse_run(run_dir: Path, cfg: Config, metrics: pd.DataFrame | None = None
 
 def draw_statistics(run_dir: Path, analysis: AnalysisConfig) -> list[Path]:
     """The two figures drawn from the run's statistics alone (``metrics.csv``,
-    ``comparisons.csv``, ``primary.csv``): PSNR against remaining parameters with the trunk curve,
-    and the comparisons at the branch rounds."""
+    ``comparisons.csv``, ``primary.csv``, ``confirmation.csv``): PSNR against remaining parameters
+    with the trunk curve, and the comparisons at the branch rounds, coloured by the declared
+    decisions (a decided confirmation's, else the primary table's)."""
     run_dir = Path(run_dir)
     folder = run_dir / FIGURES_DIR
     metrics = pd.read_csv(run_dir / METRICS_FILE)
     metrics = blinded(metrics, held_back(metrics, analysis))
-    primary = read_optional(run_dir / PRIMARY_FILE)
+    decisions, decided_by = read_optional(run_dir / PRIMARY_FILE), "primary"
+    confirm = read_optional(run_dir / CONFIRMATION_FILE)
+    if confirm is not None and len(confirm) and confirm["decision"].iloc[0] != PENDING:
+        # a decided confirmation is what the run's claims rest on: its decisions colour the plot
+        decisions, decided_by = confirm, "confirmation"
     return [
         figures.psnr_vs_remaining(metrics, folder / FIGURE_FILES["psnr_vs_remaining"],
                                   trunk_curve(metrics, analysis.level)),
         figures.comparison_forest(load_comparisons(run_dir, metrics),
-                                  folder / FIGURE_FILES["comparisons"], primary,
-                                  analysis.margin_db),
+                                  folder / FIGURE_FILES["comparisons"], decisions,
+                                  analysis.margin_db, decided_by=decided_by),
     ]
 
 

@@ -138,11 +138,18 @@ def _confirmation_section(confirm: pd.DataFrame, analysis: AnalysisConfig) -> li
         lines += [f"| {label(r.vs)} | {r.kind} | {100 * r.planned_power:.0f}% |"
                   for r in confirm.itertuples()]
         return lines
-    lines += ["| X | hypothesis | ticket − X [CI] | df | p | Holm p | decision | planned power |",
-              "|---" * 8 + "|"]
-    lines += [f"| {label(r.vs)} | {r.kind} | {interval(r)} | {r.df:.1f} | {r.p:.3f} | "
-              f"{r.p_holm:.3f} | {r.decision} | {100 * r.planned_power:.0f}% |"
-              for r in confirm.itertuples()]
+    goal = f"{100 * analysis.power:.0f}%"
+    lines += [f"*Power*, *seeds for {goal}* and *photos for {goal}* as in the primary table, "
+              f"simulated from the confirmation's own variance components: what a next "
+              f"confirmation of an undecided comparison would need.", "",
+              "| X | hypothesis | ticket − X [CI] | df | p | Holm p | decision | planned power | "
+              f"power | seeds for {goal} | photos for {goal} |", "|---" * 11 + "|"]
+    for r in confirm.itertuples():
+        needed = "none ≤ 200" if pd.isna(r.seeds_needed) else str(int(r.seeds_needed))
+        photos = "none ≤ 100" if pd.isna(r.photos_needed) else str(int(r.photos_needed))
+        lines.append(f"| {label(r.vs)} | {r.kind} | {interval(r)} | {r.df:.1f} | {r.p:.3f} | "
+                     f"{r.p_holm:.3f} | {r.decision} | {100 * r.planned_power:.0f}% | "
+                     f"{100 * r.power:.0f}% | {needed} | {photos} |")
     return lines
 
 

@@ -170,7 +170,7 @@ def test_headline_is_a_markdown_list_of_the_primary_decisions_and_the_curve() ->
 
 
 def test_a_declared_confirmation_is_pending_then_decided_in_headline_and_summary(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``analysis.confirm_seeds`` the headline and the summary test the primary comparisons
     on the other seeds, say the confirmation is pending (its planned power, no estimate) while a
     declared seed is missing, and give its decisions once all are scored; ``analyse_run`` writes
@@ -223,13 +223,39 @@ def test_a_declared_confirmation_is_pending_then_decided_in_headline_and_summary
     assert len(firsts) == 4
     row = next(confirm.assign(decision=NOT_SHOWN).itertuples())
     assert f"planned power {100 * row.planned_power:.0f}%" in primary_sentence(row)
+    # decided: what a next confirmation would need, from the confirmation's own seeds
+    assert confirm["power"].between(0, 1).all()
+    assert "seeds give 80% power" in primary_sentence(row) or \
+        "no number of seeds up to 200" in primary_sentence(row)
     assert "| random re-init | superiority | +" in summary_markdown(data, "t", declared)
+    assert "| planned power | power | seeds for 80% | photos for 80% |" in \
+        summary_markdown(data, "t", declared)
+    # the exploration is one sentence once the confirmation decides, one per comparison before
+    assert decided[0].startswith("- Exploration: the primary comparisons")
+    assert "ticket − X: the dense network " in decided[0] and "; random re-init +" in decided[0]
+    assert not any(line.startswith("- Ticket vs") for line in decided)
+    assert sum(line.startswith("- Ticket vs") for line in lines) == 4
 
     analyse_run(tmp_path, cfg, data)
     assert pd.read_csv(tmp_path / "comparisons.csv")["seeds"].eq(6).all()  # all seeds again
     written = pd.read_csv(tmp_path / "confirmation.csv")
     assert list(written["decision"]) == list(confirm["decision"])
     assert pd.read_csv(tmp_path / "primary.csv")["seeds"].eq(3).all()
+
+    # the forest is coloured by the primary table while the confirmation is pending, by the
+    # confirmation's decisions once it is decided
+    from mirl_lib.report import stages
+
+    drawn = []
+    monkeypatch.setattr(stages.figures, "comparison_forest",
+                        lambda *a, decided_by, **k: drawn.append((a[2], decided_by)))
+    monkeypatch.setattr(stages.figures, "psnr_vs_remaining", lambda *a, **k: None)
+    data.to_csv(tmp_path / "metrics.csv", index=False)
+    stages.draw_statistics(pending_dir, declared)
+    stages.draw_statistics(tmp_path, declared)
+    assert [by for _, by in drawn] == ["primary", "confirmation"]
+    assert list(drawn[0][0]["seeds"].unique()) == [3]
+    assert list(drawn[1][0]["decision"]) == list(confirm["decision"])
 
 
 def test_summary_has_the_primary_tests_the_curve_and_exploratory_estimates() -> None:
