@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mirl_lib.core.config import AnalysisConfig
@@ -26,12 +25,12 @@ from mirl_lib.report.comparisons import (
 )
 from mirl_lib.report.primary import (
     HELD_BACK,
-    PENDING,
     SHOWN,
     UNDECIDABLE,
     UNTESTABLE,
     blinded,
     confirmation_table,
+    decided,
     held_back,
     primary_table,
 )
@@ -51,8 +50,6 @@ def needs(row: Any) -> str:
     ``planned_power``), the power it was planned with first."""
     planned = (f"planned power {100 * row.planned_power:.0f}%"
                if hasattr(row, "planned_power") else "")
-    if planned and pd.isna(getattr(row, "power", np.nan)):
-        return planned
     if pd.notna(row.seeds_needed):
         text = f"about {int(row.seeds_needed)} seeds give 80% power"
     else:
@@ -103,7 +100,7 @@ def confirmation_sentences(confirm: pd.DataFrame, analysis: AnalysisConfig) -> l
     head = (f"Confirmation, declared before its seeds were trained (`analysis.confirm_seeds`): "
             f"the {k} tested again on seeds {seed_list(analysis.confirm_seeds)} alone, Holm at "
             f"α = {analysis.alpha:g}")
-    if first.decision == PENDING:
+    if not decided(confirm):
         planned = ", ".join(f"{_x(r.vs)} {100 * r.planned_power:.0f}%"
                             for r in confirm.itertuples())
         held = f" {HELD_BACK}." if int(first.scored_seeds) else ""
@@ -130,7 +127,7 @@ def answer(primary: pd.DataFrame, curve: pd.DataFrame, analysis: AnalysisConfig,
     setup = (f"ticket at {where(int(first['round']), first.remaining)} − X, all-in-one PSNR, "
              f"95% intervals over seeds and photos crossed, margin ±{analysis.margin_db:.2f} dB, "
              f"Holm over {len(primary)} at family-wise α = {analysis.alpha:g}{on}")
-    if confirm is not None and len(confirm) and confirm["decision"].iloc[0] != PENDING:
+    if decided(confirm):
         # the confirmation decides: the exploration before it in one sentence (its table, with
         # power and the seeds each needs, is in the summary)
         each = "; ".join(f"{_x(r.vs)} {interval(r, ' dB')} ({r.decision})"

@@ -186,6 +186,21 @@ def held_back(metrics: pd.DataFrame, analysis: AnalysisConfig) -> tuple[int, ...
     return () if len(scored) == len(analysis.confirm_seeds) else tuple(scored)
 
 
+def held_back_in(run_dir: Path, table: pd.DataFrame) -> tuple[int, ...]:
+    """``held_back`` for ``table`` of a run folder, under the analysis its ``config.yaml``
+    declares (nothing held back where the folder has none)."""
+    from mirl_lib.core.config import load_config
+
+    config = Path(run_dir) / CONFIG_FILE
+    return held_back(table, load_config(config).analysis) if config.is_file() else ()
+
+
+def decided(confirm: pd.DataFrame | None) -> bool:
+    """Whether ``confirm`` (``confirmation_table``'s) holds a tested confirmation: declared, and
+    no longer ``PENDING``."""
+    return confirm is not None and len(confirm) > 0 and confirm["decision"].iloc[0] != PENDING
+
+
 def blinded(table: pd.DataFrame | None, seeds: tuple[int, ...]) -> pd.DataFrame | None:
     """``table`` (scores, held-out scores, the catalog, training curves: any table with a
     ``seed`` column) without the rows of ``seeds`` (``held_back``)."""
@@ -199,17 +214,12 @@ def visible_scores(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     as ``comparisons.read_optional`` reads it) as the run may show them: without the seeds its
     ``config.yaml`` holds back (``held_back``). Read a run's scores through this, not
     ``pd.read_csv``, wherever they are shown."""
-    from mirl_lib.core.config import load_config
     from mirl_lib.report.comparisons import read_optional
 
     run_dir = Path(run_dir)
     metrics = pd.read_csv(run_dir / METRICS_FILE)
-    heldout = read_optional(run_dir / HELDOUT_FILE)
-    config = run_dir / CONFIG_FILE
-    if config.is_file():
-        hidden = held_back(metrics, load_config(config).analysis)
-        metrics, heldout = blinded(metrics, hidden), blinded(heldout, hidden)
-    return metrics, heldout
+    hidden = held_back_in(run_dir, metrics)
+    return blinded(metrics, hidden), blinded(read_optional(run_dir / HELDOUT_FILE), hidden)
 
 
 def split_seeds(metrics: pd.DataFrame, analysis: AnalysisConfig

@@ -35,7 +35,7 @@ from mirl_lib.report.gains import dense_bars, dense_gains
 from mirl_lib.report.headline import deepest_round, headline_decisions
 from mirl_lib.report.intervals import LEVEL, chance_misses
 from mirl_lib.report.means import point_means
-from mirl_lib.report.primary import SHOWN, blinded, held_back, primary_table
+from mirl_lib.report.primary import SHOWN, blinded, held_back, held_back_in, primary_table
 
 # A rerun's estimate within this many dB of the prediction interval counts as inside: identical
 # reruns must not fail on floating-point noise.
@@ -202,9 +202,7 @@ def reproduction_inputs(rerun: Path, reference: Path) -> tuple[
                    if (p / CONFIG_FILE).is_file()), None)
     analysis = load_config(config).analysis if config is not None else AnalysisConfig()
     current, committed = pd.read_csv(rerun), pd.read_csv(reference)
-    own = rerun.with_name(CONFIG_FILE)
-    hidden = (held_back(current, load_config(own).analysis) if own.is_file() else (),
-              held_back(committed, analysis))
+    hidden = held_back_in(rerun.parent, current), held_back(committed, analysis)
     current, committed = blinded(current, hidden[0]), blinded(committed, hidden[1])
     if heldout is not None:
         heldout = (blinded(heldout[0], hidden[0]), blinded(heldout[1], hidden[1]))

@@ -32,9 +32,9 @@ from mirl_lib.report.comparisons import (
 from mirl_lib.report.headline import deepest_round
 from mirl_lib.report.means import collapse_of
 from mirl_lib.report.primary import (
-    PENDING,
     blinded,
     confirmation_table,
+    decided,
     held_back,
     primary_table,
 )
@@ -94,7 +94,7 @@ def draw_statistics(run_dir: Path, analysis: AnalysisConfig) -> list[Path]:
     metrics = blinded(metrics, held_back(metrics, analysis))
     decisions, decided_by = read_optional(run_dir / PRIMARY_FILE), "primary"
     confirm = read_optional(run_dir / CONFIRMATION_FILE)
-    if confirm is not None and len(confirm) and confirm["decision"].iloc[0] != PENDING:
+    if decided(confirm):
         # a decided confirmation is what the run's claims rest on: its decisions colour the plot
         decisions, decided_by = confirm, "confirmation"
     return [

@@ -26,9 +26,9 @@ from mirl_lib.report.headline import answer, deepest_round, method_note
 from mirl_lib.report.means import cell, collapse_of, point_means, sd, seed_stats
 from mirl_lib.report.primary import (
     HELD_BACK,
-    PENDING,
     blinded,
     confirmation_table,
+    decided,
     held_back,
     planning_table,
     primary_table,
@@ -139,7 +139,7 @@ def _confirmation_section(confirm: pd.DataFrame, analysis: AnalysisConfig) -> li
              f"{declared_n} are scored. *Planned power*: of a confirmation of {declared_n} seeds "
              f"on these photos, simulated from the variance components above (as *power* there, "
              f"at α / {len(confirm)}).", ""]
-    if confirm["decision"].iloc[0] == PENDING:
+    if not decided(confirm):
         scored = int(confirm['scored_seeds'].iloc[0])
         lines += [f"Pending: {scored} of {declared_n} seeds scored."
                   + (f" {HELD_BACK}." if scored else ""),

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mirl_lib.core.config import load_config
 from mirl_lib.core.errors import DataError
 from mirl_lib.files.paths import CATALOG_FILE, CONFIG_FILE, VIEWER_COLUMNS
-from mirl_lib.report.primary import blinded, held_back
+from mirl_lib.report.primary import blinded, held_back_in
 from mirl_lib.study import strategies
 
 
@@ -43,13 +42,11 @@ class RunCatalog:
         except ValueError as exc:
             raise DataError(f"{path}: a column has values of the wrong type ({exc})") from None
         # A pending confirmation's seeds stay out of sight until all are scored.
-        config = self.run_dir / CONFIG_FILE
-        if config.is_file():
-            frame = blinded(frame, held_back(frame, load_config(config).analysis))
-            if frame.empty:
-                raise DataError(f"{path}: every point belongs to a pending confirmation's seeds "
-                                f"(analysis.confirm_seeds of {config}); they are shown once all "
-                                f"are scored")
+        frame = blinded(frame, held_back_in(self.run_dir, frame))
+        if frame.empty:
+            raise DataError(f"{path}: every point belongs to a pending confirmation's seeds "
+                            f"(analysis.confirm_seeds of {self.run_dir / CONFIG_FILE}); they are "
+                            f"shown once all are scored")
         # A clone holds only the committed tickets: offer the points whose ticket is on disk.
         frame = frame[[(self.run_dir / t).is_file() for t in frame["ticket"]]]
         if frame.empty:
