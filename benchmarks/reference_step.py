@@ -19,7 +19,9 @@ constructor's attributes), so the step can be checked on the CPU too.
 
 Writes one row (``option`` = ``reference_code``, ``preset`` = ``paper``: the same 35.6M-parameter
 network) into ``results/benchmarks/train_throughput.csv`` (or ``--out``) with its columns, so it
-sits beside mirl's rows of the same device, batch and patch.
+sits beside mirl's rows of the same device, batch and patch. ``--malloc`` sets the process's
+allocator as ``train_throughput.py``'s does (the published code's step runs in this process, so
+the same setting applies to it; its ``malloc`` column says which).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from train_throughput import (  # noqa: E402
     time_step,
 )
 
+from mirl_lib.core import allocator  # noqa: E402
 from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
@@ -90,8 +93,9 @@ def reference_mask(model: torch.nn.Module, density: float, seed: int = 0) -> lis
 
 
 def time_steps(model: torch.nn.Module, device: torch.device, batch: int, patch: int, steps: int,
-               warmup: int) -> tuple[list[float], float, float]:
-    """Milliseconds of each timed step, the first step's seconds and the peak memory (MB)."""
+               warmup: int) -> tuple[list[float], float, float, float]:
+    """Milliseconds of each timed step, the first step's seconds, the peak memory (MB) and the
+    minor page faults per timed step."""
     optimizers, _ = model.configure_optimizers()
     optimizer = optimizers[0]
     gen = torch.Generator().manual_seed(0)
@@ -110,9 +114,9 @@ def time_steps(model: torch.nn.Module, device: torch.device, batch: int, patch: 
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    times, first = time_step(step, (), device, steps, warmup)
+    times, first, faults = time_step(step, (), device, steps, warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
-    return times, first, peak
+    return times, first, peak, faults
 
 
 def measure(directory: Path, device: torch.device, batch: int, patch: int, steps: int,
@@ -128,7 +132,7 @@ def measure(directory: Path, device: torch.device, batch: int, patch: int, steps
         for param, keep in zip(weights, model.mask, strict=True):
             param.mul_(keep)
     probe = Probe(device)
-    times, first, peak = time_steps(model, device, batch, patch, steps, warmup)
+    times, first, peak, faults = time_steps(model, device, batch, patch, steps, warmup)
     kept = sum(int((p.detach() != 0).sum()) for p in weights)
     outside = sum(int((p.detach()[m == 0] != 0).sum()) for p, m in zip(weights, model.mask))
     if outside:
@@ -152,7 +156,8 @@ def measure(directory: Path, device: torch.device, batch: int, patch: int, steps
            else float("nan"),
            "peak_mem_mb": round(peak, 1),
            "mem_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "",
-           "threads": torch.get_num_threads(), **probe.row(), "note": note}
+           "threads": torch.get_num_threads(), **probe.row(), "malloc": allocator.current(),
+           "page_faults": round(faults, 1), "note": note}
     return pd.DataFrame([row], columns=list(COLUMNS))
 
 
@@ -169,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--density", type=float, default=0.1,
                         help="fraction of each weight tensor the mask keeps (default 0.1)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--malloc", default="auto", choices=allocator.MODES,
+                        help="the C allocator's settings for this process, as mirl's rows "
+                             "(default: auto; system: glibc as it comes)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     try:
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
+        allocator.apply(args.malloc)
         merge(pd.DataFrame(columns=list(COLUMNS)), args.out)  # an unreadable CSV fails now
         row = measure(args.reference, device, args.batch, args.patch, args.steps, args.warmup,
                       args.density)

@@ -52,11 +52,18 @@ before and just after each row's option (``hostprobe.py``): rows compare directl
 probes agree; the virtual machines of this repository ran the same step 1.7x apart under one CPU
 model name.
 
+Allocator (``--malloc``, as ``train.malloc``): ``auto`` (the default, as training) sets glibc's
+``malloc`` to keep freed blocks for the next step (``mirl_lib.core.allocator``), ``system`` leaves
+it as it comes; the row's ``malloc`` says which was in force (``tuned`` or ``system``; rows
+measured before the column existed had the system's) and ``page_faults`` counts the process's
+minor page faults per timed step. The setting is the process's, so one run measures one of them.
+
 Writes ``results/benchmarks/train_throughput.csv`` (or ``--out``) atomically after each option, so
-a run stopped by a time limit keeps what it measured. A row of the same device name, preset, batch,
-patch, threads and option is replaced, every other row is kept, so CPU and GPU rows sit side by
-side and runs of a few options add to the others. Imports only torch, pandas, tqdm and mirl_lib
-modules that need no notebook tooling (no papermill, jupyter or ipywidgets).
+a run stopped by a time limit keeps what it measured. A row of the same device name, preset,
+batch, patch, threads, option, replicates and allocator is replaced, every other row is kept, so
+CPU and GPU rows sit side by side and runs of a few options add to the others. Imports only
+torch, pandas, tqdm and mirl_lib modules that need no notebook tooling (no papermill, jupyter or
+ipywidgets).
 """
 from __future__ import annotations
 
@@ -84,6 +91,7 @@ if str(ROOT) not in sys.path:
 from benchrows import merge_rows, one_line  # noqa: E402
 from hostprobe import Probe  # noqa: E402
 
+from mirl_lib.core import allocator  # noqa: E402
 from mirl_lib.core.config import PRESETS, TrainConfig  # noqa: E402
 from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
@@ -101,13 +109,15 @@ COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "paramet
                             "patch", "option", "replicates", "step_ms", "images_per_s",
                             "gflop_per_step", "achieved_tflops", "peak_tflops", "peak_share",
                             "peak_mem_mb", "mem_kind", "threads", "measured", "gemm_gflops",
-                            "note")
+                            "malloc", "page_faults", "note")
 # A rerun replaces the rows it shares all of these with; every other row is kept.
 RUN_KEY: tuple[str, ...] = ("device_name", "preset", "batch", "patch", "threads", "option",
-                            "replicates")
+                            "replicates", "malloc")
 # Columns added after rows were committed, with what an older row stands for (one training; when
-# and on how fast a machine unknown; the FLOP columns, also unknown, are completed from shapes).
-LATER: dict[str, object] = {"replicates": 1, "measured": "", "gemm_gflops": float("nan")}
+# and on how fast a machine unknown; glibc's allocator as it comes, page faults not counted; the
+# FLOP columns, also unknown, are completed from shapes).
+LATER: dict[str, object] = {"replicates": 1, "measured": "", "gemm_gflops": float("nan"),
+                            "malloc": allocator.SYSTEM, "page_faults": float("nan")}
 # Dense bf16 tensor-core peaks (TFLOP/s, SXM parts, without sparsity) by a word of the device name.
 KNOWN_PEAKS: dict[str, float] = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
 DENSITY = 0.1  # fraction of every prunable tensor the benchmark mask keeps
@@ -171,6 +181,7 @@ class Measurement:
     step_ms: float
     peak_mem_mb: float
     mem_kind: str
+    page_faults: float
     note: str
 
 
@@ -340,17 +351,29 @@ def timed_steps(step: Callable[..., torch.Tensor], data: tuple, device: torch.de
 
 
 def time_step(step: Callable[..., torch.Tensor], data: tuple, device: torch.device, steps: int,
-              warmup: int) -> tuple[list[float], float]:
+              warmup: int) -> tuple[list[float], float, float]:
     """How every row of ``train_throughput.csv`` is timed, mirl's options and the published
     code's step alike: the first step's seconds (to its end on the device), ``warmup - 1`` more
-    steps untimed, then ``timed_steps`` of ``steps``."""
+    steps untimed, then ``timed_steps`` of ``steps``; with them the process's minor page faults
+    per timed step (``getrusage``; NaN where the platform has none)."""
     started = time.perf_counter()
     step(*data)
     synchronize(device)
     first = time.perf_counter() - started
     if warmup > 1:
         timed_steps(step, data, device, warmup - 1)
-    return timed_steps(step, data, device, steps), first
+    before = page_faults()
+    times = timed_steps(step, data, device, steps)
+    return times, first, (page_faults() - before) / steps
+
+
+def page_faults() -> float:
+    """This process's minor page faults so far (pages the kernel had to map and zero)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch.device,
@@ -415,7 +438,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
 
             params = [dict(m.named_parameters()) for m in models]
         cache = compile_cache() if option.compile else None
-        times, first = time_step(step, data, device, steps, warmup)
+        times, first, faults = time_step(step, data, device, steps, warmup)
         pruned = sum(int((p.detach()[~device_mask[n]] != 0).sum())
                      for named in params for n, p in named.items() if n in mask)
         if pruned:
@@ -438,7 +461,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
                 "torch.cuda.max_memory_allocated"
         else:
             peak, kind = cpu_peak.peak_mb(), cpu_peak.kind
-        return Measurement(statistics.median(times), peak, kind, "; ".join(notes))
+        return Measurement(statistics.median(times), peak, kind, faults, "; ".join(notes))
     finally:
         for cleanup in cleanups:
             cleanup()
@@ -499,7 +522,8 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
     peak = known_peak(device_name(device)) if peak_tflops is None else peak_tflops
     facts = {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
              "preset": preset, "parameters": count_parameters(template), "batch": batch,
-             "patch": patch, "threads": torch.get_num_threads(), "peak_tflops": peak}
+             "patch": patch, "threads": torch.get_num_threads(), "peak_tflops": peak,
+             "malloc": allocator.current()}
     templates = [template, *(build_model(preset, seed=r) for r in range(1, max(replicates)))]
     rows = []
     for count in replicates:
@@ -517,13 +541,13 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
                        "gflop_per_step": round(gflop, 3), "achieved_tflops": round(achieved, 5),
                        "peak_share": round(achieved / peak, 6) if peak == peak else float("nan"),
                        "peak_mem_mb": round(got.peak_mem_mb, 1), "mem_kind": got.mem_kind,
-                       "note": got.note}
+                       "page_faults": round(got.page_faults, 1), "note": got.note}
             except Exception as exc:  # noqa: BLE001 - a failing option is a result, not a crash
                 row = {"option": option.name, "replicates": count, "step_ms": float("nan"),
                        "images_per_s": float("nan"), "gflop_per_step": round(gflop, 3),
                        "achieved_tflops": float("nan"), "peak_share": float("nan"),
                        "peak_mem_mb": float("nan"), "mem_kind": "",
-                       "note": f"failed: {one_line(exc)}"}
+                       "page_faults": float("nan"), "note": f"failed: {one_line(exc)}"}
             finally:
                 _release(option, device)
             rows.append({**facts, **probe.row(), **row})
@@ -563,6 +587,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak in TFLOP/s for peak_share (default: a known "
                              "GPU's dense bf16 tensor-core peak, else none)")
+    parser.add_argument("--malloc", default="auto", choices=allocator.MODES,
+                        help="the C allocator's settings for this process, as train.malloc "
+                             "(default: auto, as training; system: glibc as it comes)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to write")
     return parser
 
@@ -612,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
         if args.threads > 0:
             torch.set_num_threads(args.threads)
+        allocator.apply(args.malloc)
         if device.type == "cuda":
             torch.cuda.set_device(device.index or 0)
         merge(pd.DataFrame(columns=list(COLUMNS)), args.out)  # an unreadable CSV fails now

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from mirl_lib.core import allocator
 from mirl_lib.core.errors import ConfigError
 from mirl_lib.core.names import DEFAULT_STRATEGIES, TASK_FAMILIES, TASKS, task_family
 
@@ -252,10 +253,16 @@ class TrainConfig(_Section):
     in a CUDA graph and replayed (``mirl_lib.training.graphed``); ``auto`` captures on CUDA in
     one process (not under ``torchrun``, not for batched replicates). A runtime setting: floats
     differ from an eager run's in the last bits (capturable AdamW).
+
+    ``malloc`` (``auto``, ``system``): ``auto`` sets glibc's allocator, in the process that trains
+    and scores, to keep the blocks a step frees for the next step instead of taking fresh pages
+    from the kernel every step (``mirl_lib.core.allocator``; faster on the CPU, see
+    ``results/benchmarks/train_throughput.csv``); ``system`` leaves it as it comes. A runtime
+    setting: the floats are identical either way.
     """
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_every",
-                                          "gpus", "batch_replicates", "step_graph")
+                                          "gpus", "batch_replicates", "step_graph", "malloc")
     LATER: ClassVar[tuple[str, ...]] = ("epochs", "warmup_epochs", "ssim_weight",
                                         "cpu_channels_last", "psnr_weight")
 
@@ -281,8 +288,11 @@ class TrainConfig(_Section):
     psnr_weight: float = 0.0
     batch_replicates: str = "auto"
     step_graph: str = "auto"
+    malloc: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.malloc in allocator.MODES, "train.malloc",
+                 f"{self.malloc!r}: must be {' or '.join(allocator.MODES)}")
         _require(self.step_graph in ("auto", "graph", "eager"), "train.step_graph",
                  f"{self.step_graph!r}: must be auto, graph or eager")
         _require(self.batch_replicates in ("auto", "batched", "separate"),

@@ -44,6 +44,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from mirl_lib.core import allocator
 from mirl_lib.core.config import TrainConfig
 from mirl_lib.core.device import resolve_device, torch_threads
 from mirl_lib.core.errors import CheckpointError, ConfigError
@@ -238,12 +239,14 @@ def train(model: PromptIR, cfg: TrainConfig, source: BatchSource, out_dir: str |
     at zero (``MaskEnforcer``) for the whole run. ``snapshot_steps``: after that many global steps,
     save ``weights_step{k}.pt``. ``stop_after=k`` stops once global step k is done (state saved,
     no ``final.pt``), as an interruption would. Resumes from ``state.pt``; returns at once when
-    ``final.pt`` exists. ``cfg.threads`` applies during the run only. The model is left on the
-    training device. A ``cfg`` in epochs whose steps are not derived yet (``steps == 0``) is
-    resolved with ``source.epoch_size`` (``resolve_steps``); ``final.pt`` records the resolved
-    config (``train_config``) and the epoch size.
+    ``final.pt`` exists. ``cfg.threads`` applies during the run only, ``cfg.malloc`` to the process
+    from here on (``mirl_lib.core.allocator``). The model is left on the training device. A
+    ``cfg`` in epochs whose steps are not derived yet (``steps == 0``) is resolved with
+    ``source.epoch_size`` (``resolve_steps``); ``final.pt`` records the resolved config
+    (``train_config``) and the epoch size.
     """
     out_dir = Path(out_dir)
+    allocator.apply(cfg.malloc)  # the process's, for the scoring that follows too
     cfg = steps_for(cfg, source)
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")

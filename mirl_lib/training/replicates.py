@@ -40,6 +40,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from mirl_lib.core import allocator
 from mirl_lib.core.config import TrainConfig
 from mirl_lib.core.device import resolve_device, torch_threads
 from mirl_lib.core.errors import ConfigError
@@ -188,6 +189,7 @@ def train_replicates(models: list[nn.Module], cfg: TrainConfig, sources: list[Ba
     if not 0 <= start_step < cfg.steps:
         raise ConfigError(f"start_step={start_step}: must be in [0, train.steps={cfg.steps})")
     out_dirs = [Path(d) for d in out_dirs]
+    allocator.apply(cfg.malloc)
     results: list[TrainResult | None] = [None] * count
     states: dict[int, dict | None] = {}
     for i in range(count):
