@@ -17,9 +17,12 @@ from mirl_lib.files.atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save(obj)`` to ``path`` atomically. Saved through an open file, so the archive's
+    folder is torch's fixed ``archive`` rather than the random temporary file's name: the same
+    object gives the same bytes (files written before 5 December 2026 name their temporary file
+    there; they load the same)."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_tensors(path: str | Path, map_location: str | torch.device = "cpu",

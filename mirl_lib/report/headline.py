@@ -2,9 +2,9 @@
 README's headline block (``headline``) and the decisions it states (``headline_decisions``).
 
 A primary comparison reads *shown* (its Holm-adjusted test rejects), *not shown* or *undecidable
-with n seeds*; each says how many seeds 80% power needs. The trunk is read as a curve with a
-simultaneous band (``comparisons.trunk_curve``). Every other comparison is exploratory: the summary
-gives its estimate and interval and no verdict.
+with n seeds*; each says how many seeds ``analysis.power`` (80% by default) needs. The trunk is
+read as a curve with a simultaneous band (``comparisons.trunk_curve``). Every other comparison is
+exploratory: the summary gives its estimate and interval and no verdict.
 """
 from __future__ import annotations
 
@@ -44,16 +44,19 @@ def _x(vs: str) -> str:
     return "the dense network" if vs == DENSE else label(vs)
 
 
-def needs(row: Any) -> str:
-    """``about 7 seeds give 80% power``, or, where no seed count up to 200 does, how many photos
+def needs(row: Any, power: float) -> str:
+    """``about 7 seeds give 80% power`` (``power``: the power ``seeds_needed`` and
+    ``photos_needed`` were found for, ``analysis.power``), or, where no seed count up to 200 does,
+    how many photos
     would at the run's seeds (or that none up to 100 does); for a confirmation (a row with
     ``planned_power``), the power it was planned with first."""
     planned = (f"planned power {100 * row.planned_power:.0f}%"
                if hasattr(row, "planned_power") else "")
+    goal = f"{100 * power:.0f}% power"
     if pd.notna(row.seeds_needed):
-        text = f"about {int(row.seeds_needed)} seeds give 80% power"
+        text = f"about {int(row.seeds_needed)} seeds give {goal}"
     else:
-        text = "no number of seeds up to 200 gives it 80% power on these photos"
+        text = f"no number of seeds up to 200 gives it {goal} on these photos"
         photos = getattr(row, "photos_needed", pd.NA)
         if pd.notna(photos):
             text += f"; about {int(photos)} photos would, at {int(row.seeds)} seeds"
@@ -63,8 +66,8 @@ def needs(row: Any) -> str:
     return f"{planned}; {text}" if planned else text
 
 
-def primary_sentence(row: Any) -> str:
-    """One primary comparison, its decision first."""
+def primary_sentence(row: Any, power: float) -> str:
+    """One primary comparison, its decision first; ``power`` as for ``needs``."""
     claim = CLAIMS[row.kind].format(X=_x(row.vs), m=row.margin)
     level = 100 * (1 - 2 * row.alpha) if row.kind == "equivalence" else None
     shown_with = f"{design(row)}; Holm-adjusted p = {row.p_holm:.3f}"
@@ -76,9 +79,10 @@ def primary_sentence(row: Any) -> str:
         head = f"**{claim}: shown** ({shown_with})"
     elif row.decision == UNDECIDABLE:
         head = (f"**{claim}: undecidable with {int(row.seeds)} seeds** (its "
-                f"{level:.0f}% interval is wider than ±{row.margin:.2f} dB; {needs(row)})")
+                f"{level:.0f}% interval is wider than ±{row.margin:.2f} dB; "
+                f"{needs(row, power)})")
     else:
-        head = f"**{claim}: not shown, undecided** ({shown_with}; {needs(row)})"
+        head = f"**{claim}: not shown, undecided** ({shown_with}; {needs(row, power)})"
     return f"Ticket vs {_x(row.vs)}: {head}; {estimate}."
 
 
@@ -109,7 +113,8 @@ def confirmation_sentences(confirm: pd.DataFrame, analysis: AnalysisConfig) -> l
                 f"comparisons above): {planned}."]
     shown = int((confirm["decision"] == SHOWN).sum())
     return ([f"{head}: {shown} of {k} shown."]
-            + [f"Confirmation: {primary_sentence(r)}" for r in confirm.itertuples()])
+            + [f"Confirmation: {primary_sentence(r, analysis.power)}"
+               for r in confirm.itertuples()])
 
 
 def answer(primary: pd.DataFrame, curve: pd.DataFrame, analysis: AnalysisConfig,
@@ -137,7 +142,7 @@ def answer(primary: pd.DataFrame, curve: pd.DataFrame, analysis: AnalysisConfig,
     else:
         sentences = [f"Primary comparisons (declared in the params file; {setup}): {shown} of "
                      f"{len(primary)} shown."]
-        sentences += [primary_sentence(r) for r in primary.itertuples()]
+        sentences += [primary_sentence(r, analysis.power) for r in primary.itertuples()]
     if confirm is not None:
         sentences += confirmation_sentences(confirm, analysis)
     sentences.append(curve_reading(curve))

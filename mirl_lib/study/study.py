@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import yaml
 
+from mirl_lib.core import allocator
 from mirl_lib.core.config import Config, config_from_dict, identity_changes, load_config, read_yaml
 from mirl_lib.core.device import arithmetic, resolve_device, torch_threads
 from mirl_lib.core.errors import ConfigError
@@ -336,7 +337,7 @@ class Study:
         record = {**meta, **extra, "mean_psnr": float(scores["psnr"].mean()),
                   "mean_input_psnr": float(scores["input_psnr"].mean()),
                   "train_seconds": float(result.seconds), "step_graph": result.step_graph,
-                  "seconds": time.time() - started,
+                  "malloc": allocator.current(), "seconds": time.time() - started,
                   "phase_seconds": {k: round(v, 4) for k, v in phases.items()},
                   "ticket": str((folder / TICKET_FILE).relative_to(self.run_dir)),
                   **arithmetic(device, cfg.train.threads or torch.get_num_threads())}

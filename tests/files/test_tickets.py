@@ -40,6 +40,14 @@ def test_round_trip_is_exact(tmp_path: Path, scope: str) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["ticket.mirl"]  # no temp file left
 
 
+def test_the_same_ticket_is_the_same_bytes(tmp_path: Path) -> None:
+    """Written twice (each through its own random temporary file), a ticket is one file, byte for
+    byte: a retrained ticket can be checked with a hash."""
+    state, mask = ticket_of("tiny", 0.3)
+    first = export_ticket(state, mask, tmp_path / "a" / "ticket.mirl", META).read_bytes()
+    assert export_ticket(state, mask, tmp_path / "b" / "ticket.mirl", META).read_bytes() == first
+
+
 def test_round_trip_keeps_bfloat16(tmp_path: Path) -> None:
     state, mask = ticket_of("tiny", 0.5)
     state = {n: t.to(torch.bfloat16) for n, t in state.items()}
