@@ -39,7 +39,7 @@ from benchrows import merge_rows  # noqa: E402
 from mirl_lib.core.allocator import SYSTEM, TUNED  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
-from mirl_lib.files.paths import BENCHMARK_RESULTS, POINT_FILE  # noqa: E402
+from mirl_lib.files.paths import BENCHMARK_RESULTS, POINT_FILE, point_files  # noqa: E402
 
 COLUMNS = ["measured", "label", "run", "machine", "threads", "malloc", "points", "seeds",
            "train_s_median", "train_s_p10", "train_s_p90", "point_s_median", "wall_min",
@@ -60,7 +60,7 @@ def points(run_dir: Path, since: float | None = None, until: float | None = None
     """One row per ``point.json`` under ``run_dir`` that finished in the window: seed, training
     and point seconds, machine, threads, allocator (empty where not recorded), finish time."""
     rows = []
-    for path in sorted(run_dir.glob(f"seed_*/**/{POINT_FILE}")):  # dense/ has no round_NN/
+    for path in point_files(run_dir, POINT_FILE, moved_aside=True):
         finished = path.stat().st_mtime
         if (since is not None and finished < since) or (until is not None and finished > until):
             continue

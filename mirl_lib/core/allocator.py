@@ -4,9 +4,10 @@ glibc's ``malloc`` serves a block above its mmap threshold (128 KiB at first, ra
 blocks are freed) with fresh pages from the kernel, and hands freed memory at the top of its heap
 back above its trim threshold. A training step allocates and frees every activation and gradient
 each step, so with those defaults every step's large tensors arrive as fresh pages, each faulted
-in and zeroed by the kernel: on the 2-core virtual machine of this repository about 35,000 page
-faults a step of the full tier, a fifth of the step (``results/benchmarks/train_throughput.csv``,
-rows with ``malloc`` = ``tuned``; ``docs/performance.md``).
+in and zeroed by the kernel: on the 2-core virtual machine of this repository about 39,000 page
+faults a step of the ``cpu`` preset at the full tier's shape in fp32 and 8,000 channels-last, and
+the setting below makes those steps 1.28x and 1.10x faster (``results/benchmarks/
+train_throughput.csv``, the ``malloc`` and ``page_faults`` columns; ``docs/performance.md``).
 
 ``apply("auto")`` on glibc sets ``M_MMAP_THRESHOLD`` to 32 MiB (the most ``mallopt`` takes on a
 64-bit system; larger blocks still come from the kernel) and ``M_TRIM_THRESHOLD`` to 2 GiB - 1,

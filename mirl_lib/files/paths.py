@@ -108,12 +108,13 @@ def point_dir(run_dir: Path, seed: int, strategy: str, rnd: int) -> Path:
     return base / DENSE if strategy == DENSE else base / strategy / f"round_{rnd:02d}"
 
 
-def point_files(run_dir: Path, name: str) -> list[Path]:
+def point_files(run_dir: Path, name: str, moved_aside: bool = False) -> list[Path]:
     """Every live point's ``name`` file, sorted; folders moved aside by ``--force``
-    (``<folder>{MOVED_ASIDE}<time>``) are history, not results, and are left out."""
+    (``<folder>{MOVED_ASIDE}<time>``) are history, not results, and are left out unless
+    ``moved_aside`` (what the run trained, as ``benchmarks/tier_time.py`` counts it)."""
     run_dir = Path(run_dir)
     return [p for p in sorted(run_dir.glob(f"seed_*/**/{name}"))
-            if not any(MOVED_ASIDE in part for part in p.relative_to(run_dir).parts)]
+            if moved_aside or not any(MOVED_ASIDE in part for part in p.relative_to(run_dir).parts)]
 
 
 def mask_report_file(mask_path: Path) -> Path:

@@ -47,9 +47,8 @@ def _x(vs: str) -> str:
 def needs(row: Any, power: float) -> str:
     """``about 7 seeds give 80% power`` (``power``: the power ``seeds_needed`` and
     ``photos_needed`` were found for, ``analysis.power``), or, where no seed count up to 200 does,
-    how many photos
-    would at the run's seeds (or that none up to 100 does); for a confirmation (a row with
-    ``planned_power``), the power it was planned with first."""
+    how many photos would at the run's seeds (or that none up to 100 does); for a confirmation (a
+    row with ``planned_power``), the power it was planned with first."""
     planned = (f"planned power {100 * row.planned_power:.0f}%"
                if hasattr(row, "planned_power") else "")
     goal = f"{100 * power:.0f}% power"
