@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,3 +114,38 @@ def tests_leave_the_working_tree_as_found() -> Iterator[None]:
     yield
     after = status()
     assert before is None or after == before, f"tests changed the working tree:\n{after}"
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts tmpfs file systems of a given size (``small_disk("64k")``), unmounted after the
+    test (needs root and a working ``mount``; skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"small{len(mounts)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounts:
+            subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture()
+def full_disk(small_disk: Callable[[str], Path]) -> Path:
+    """A 64 KiB tmpfs filled up (needs root and a working ``mount``; skipped otherwise)."""
+    mnt = small_disk("64k")
+    with open(mnt / "filler", "wb", buffering=0) as fh, pytest.raises(OSError):
+        while True:
+            fh.write(b"\0" * 4096)
+    return mnt

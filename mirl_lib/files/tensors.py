@@ -20,9 +20,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj)`` to ``path`` atomically. Saved through an open file, so the archive's
     folder is torch's fixed ``archive`` rather than the random temporary file's name: the same
     object gives the same bytes (files written before 5 December 2026 name their temporary file
-    there; they load the same)."""
+    there; they load the same). A full disk is a ``DiskFullError`` naming ``path``: torch
+    reports a failed write to an open file as a ``RuntimeError`` ("unexpected pos"), the
+    ``OSError`` behind it is what is raised."""
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(obj, handle)
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as exc:
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
 
 
 def load_tensors(path: str | Path, map_location: str | torch.device = "cpu",

@@ -118,7 +118,7 @@ def execute(stage: Stage, params_file: Path, results_root: Path, out_dir: Path,
     if code != 0:
         where = f"notebook {output}, log {log}" if not full else f"results folder {out_dir.parent}"
         raise StageFailed(f"stage {stage.name} failed: "
-                          f"{failure_reason(output if output.exists() else None, log_text)} "
+                          f"{failure_reason(output if output.exists() else None, log_text, full)} "
                           f"({where})")
     return output
 
@@ -176,9 +176,10 @@ def _disk_full(folder: Path, log_text: str) -> bool:
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit))\b:?\s*(.*)$")
 
 
-def failure_reason(notebook: Path | None, log_text: str) -> str:
+def failure_reason(notebook: Path | None, log_text: str, disk_full: bool = False) -> str:
     """The failing cell's exception as one line (``Type: message``), from the executed notebook,
-    else the last exception line of the log."""
+    else the last exception line of the log. ``disk_full``: the stage's disk was found full, so
+    the reason names it even when the log (on that disk) could not record papermill's error."""
     if notebook is not None:
         try:
             cells = nbformat.read(notebook, as_version=4).cells
@@ -190,9 +191,10 @@ def failure_reason(notebook: Path | None, log_text: str) -> str:
                     message = (out.get("evalue") or "").strip().splitlines()
                     return f"{out.get('ename')}: {message[0] if message else ''}".rstrip(": ")
     lines = [ln.strip() for ln in log_text.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
-    if "no space left on device" in log_text.lower():
+    if disk_full or "no space left on device" in log_text.lower():
         full = [ln for ln in lines if "no space left on device" in ln.lower()]
-        return full[-1] if full else "no space left on device"
+        return (full[-1] if full else "no space left on device"
+                + (f" ({lines[-1]})" if lines else " (papermill's log could not record its error)"))
     return lines[-1] if lines else "papermill stopped without an error message (see the log)"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,26 +198,6 @@ def test_cli_other_runtime_errors_are_not_called_memory(
     with pytest.raises(RuntimeError, match="a bug"):
         main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"),
               "--checkpoint", str(checkpoint)])
-
-
-@pytest.fixture()
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs filled up (needs root and a working ``mount``; skipped otherwise)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        with open(mnt / "filler", "wb", buffering=0) as fh, pytest.raises(OSError):
-            while True:
-                fh.write(b"\0" * 4096)
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_cli_disk_full_is_one_line(tmp_path: Path, checkpoint: Path, full_disk: Path,

@@ -85,3 +85,28 @@ def test_any_other_failure_is_not_retried(tmp_path: Path, fake_papermill) -> Non
     with pytest.raises(pm.StageFailed, match="ValueError: the stage itself failed"):
         run(tmp_path)
     assert counter.read_text() == "1"
+
+
+def test_a_full_disk_is_named_when_the_log_could_not_say_so(
+        tmp_path: Path, fake_papermill, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full disk papermill's log (on that disk) can stay empty: the reason still names the
+    full disk and the results folder, not 'stopped without an error message'."""
+    configure, _ = fake_papermill
+    (tmp_path / "notebooks").mkdir()
+    configure(1, "")
+    usage = pm.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(pm.shutil, "disk_usage", lambda _: usage._replace(free=4096))
+    with pytest.raises(pm.StageFailed) as failed:
+        run(tmp_path)
+    message = str(failed.value)
+    assert message.startswith("stage dense failed: no space left on device"), message
+    assert f"(results folder {tmp_path})" in message and "without an error" not in message
+    assert not list((tmp_path / "notebooks").iterdir())  # nothing partial kept
+
+
+def test_the_reason_on_a_full_disk_keeps_the_logged_error() -> None:
+    log = "Traceback\nOSError: [Errno 28] No space left on device: 'x'\nValueError: later\n"
+    assert pm.failure_reason(None, log) == "OSError: [Errno 28] No space left on device: 'x'"
+    assert pm.failure_reason(None, "ValueError: boom\n", disk_full=True) == (
+        "no space left on device (ValueError: boom)")
+    assert pm.failure_reason(None, "ValueError: boom\n") == "ValueError: boom"
