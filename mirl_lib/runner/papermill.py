@@ -191,10 +191,15 @@ def failure_reason(notebook: Path | None, log_text: str, disk_full: bool = False
                     message = (out.get("evalue") or "").strip().splitlines()
                     return f"{out.get('ename')}: {message[0] if message else ''}".rstrip(": ")
     lines = [ln.strip() for ln in log_text.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
-    if disk_full or "no space left on device" in log_text.lower():
+    logged = "no space left on device" in log_text.lower()
+    if disk_full or logged:
         full = [ln for ln in lines if "no space left on device" in ln.lower()]
-        return (full[-1] if full else "no space left on device"
-                + (f" ({lines[-1]})" if lines else " (papermill's log could not record its error)"))
+        if full:
+            return full[-1]
+        if lines:
+            return f"no space left on device ({lines[-1]})"
+        return "no space left on device" + (
+            "" if logged else " (papermill's log could not record its error)")
     return lines[-1] if lines else "papermill stopped without an error message (see the log)"
 
 

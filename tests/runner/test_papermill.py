@@ -110,3 +110,4 @@ def test_the_reason_on_a_full_disk_keeps_the_logged_error() -> None:
     assert pm.failure_reason(None, "ValueError: boom\n", disk_full=True) == (
         "no space left on device (ValueError: boom)")
     assert pm.failure_reason(None, "ValueError: boom\n") == "ValueError: boom"
+    assert pm.failure_reason(None, "write: No space left on device\n") == "no space left on device"
