@@ -28,7 +28,8 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str], columns: Sequence[str],
                kind: str, later: dict[str, object] | None = None) -> pd.DataFrame:
     """The rows of ``path`` that share no ``key`` with ``new``, then ``new``. ``later``: columns
-    added to the CSV after rows were written, with the value such an older row stands for."""
+    added to the CSV after rows were written, with the value such an older row stands for (or a
+    function of the older rows giving one value per row)."""
     if not path.is_file():
         return new
     try:
@@ -36,13 +37,21 @@ def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str], columns: Seque
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise MirlError(f"{path}: cannot read the existing results ({one_line(exc)}); move it away "
                         f"or pass another --out") from None
-    for column, value in (later or {}).items():
-        if column not in old.columns:
-            old[column] = value
-    missing = [c for c in key if c not in old.columns]
+    later = later or {}
+
+    def foreign(missing: list[str]) -> MirlError:
+        return MirlError(f"{path}: not a {kind} CSV (no column(s) {missing}); move it away or "
+                         f"pass another --out")
+
+    missing = [c for c in key if c not in old.columns and c not in later]
     if missing:
-        raise MirlError(f"{path}: not a {kind} CSV (no column(s) {missing}); move it away or "
-                        f"pass another --out")
+        raise foreign(missing)
+    for column, value in later.items():
+        if column not in old.columns:
+            try:
+                old[column] = value(old) if callable(value) else value
+            except KeyError as exc:  # the function reads a column this file lacks
+                raise foreign([exc.args[0]]) from None
     keys = set(new[list(key)].astype(str).itertuples(index=False, name=None))
     same = old[list(key)].astype(str).apply(tuple, axis=1).isin(keys) if len(old) else \
         pd.Series([], dtype=bool)

@@ -42,6 +42,7 @@ from hostprobe import Probe  # noqa: E402
 from train_throughput import (  # noqa: E402
     COLUMNS,
     DEFAULT_OUT,
+    cpu_capability,
     forward_gflop,
     known_peak,
     merge,
@@ -157,7 +158,8 @@ def measure(directory: Path, device: torch.device, batch: int, patch: int, steps
            "peak_mem_mb": round(peak, 1),
            "mem_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "",
            "threads": torch.get_num_threads(), **probe.row(), "malloc": allocator.current(),
-           "page_faults": round(faults, 1), "note": note}
+           "page_faults": round(faults, 1), "cpu_capability": cpu_capability(device),
+           "note": note}
     return pd.DataFrame([row], columns=list(COLUMNS))
 
 

@@ -20,12 +20,16 @@ measured at every ``--threads`` count and every ``--shapes`` batch x patch. With
 shape) group the options take turns step by step (after ``--warmup`` untimed steps each), so a
 change in background load touches every option alike. Time: ``time.perf_counter`` around each step;
 the row gives the median and 90th percentile over ``--steps`` timed steps, the speedup of the median
-over ``fp32``'s, and ``chosen`` marks the fastest option of its group. CPUs without native bf16 (no
-AMX, see the ``amx`` column) emulate it, so bf16 is expected to be much slower there.
+over ``fp32``'s, and ``chosen`` marks the fastest option of its group. bf16 is native on CPUs with
+AMX or AVX512_BF16 (the ``amx`` and ``avx512_bf16`` columns); CPUs with neither emulate it, so
+bf16 is expected to be much slower there.
 
 Rows: one per (threads, batch, patch, option). A rerun replaces every row of the same ``device``
-(the CPU model name) and keeps the rows of other devices, so measurements of several machines
-accumulate in one file; the file is rewritten atomically after each group. Progress goes to stderr.
+(the CPU model name) and ``cpu_capability`` (the vector level torch dispatches to, ``AVX2``,
+``AVX512``, ...) and keeps the others: one model name covers CPUs of different instruction sets
+(virtual machines named ``AMD EPYC`` with and without AVX-512), so measurements of several machines
+accumulate in one file. Rows written before these two columns read ``not recorded`` there. The
+file is rewritten atomically after each group. Progress goes to stderr.
 """
 from __future__ import annotations
 
@@ -64,9 +68,13 @@ from mirl_lib.training.loop import lr_factor, set_memory_format  # noqa: E402
 
 DEFAULT_OUT = ROOT / "results" / "benchmarks" / "train_step.csv"
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
-COLUMNS: tuple[str, ...] = ("date", "device", "amx", "torch", "threads", "batch", "patch",
-                            "option", "ms_per_step", "p90_ms", "steps_timed", "speedup_vs_fp32",
-                            "chosen", "load_avg")
+COLUMNS: tuple[str, ...] = ("date", "device", "cpu_capability", "amx", "avx512_bf16", "torch",
+                            "threads", "batch", "patch", "option", "ms_per_step", "p90_ms",
+                            "steps_timed", "speedup_vs_fp32", "chosen", "load_avg")
+# A rerun replaces the rows it shares these with; columns added later, and what older rows read.
+RUN_KEY: tuple[str, ...] = ("device", "cpu_capability")
+NOT_RECORDED = "not recorded"
+LATER: dict[str, object] = {"cpu_capability": NOT_RECORDED, "avx512_bf16": NOT_RECORDED}
 MASK_RATE = 0.5  # fraction of the prunable weights the benchmark mask removes
 QUICK_STEPS, QUICK_WARMUP = 3, 1
 
@@ -106,6 +114,12 @@ def cpu_flags() -> set[str]:
 def has_amx(flags: set[str] | None = None) -> bool:
     """Whether the CPU has AMX (flag ``amx_bf16`` or ``amx_tile``): native bf16 matrix products."""
     return bool({"amx_bf16", "amx_tile"} & (cpu_flags() if flags is None else flags))
+
+
+def has_avx512_bf16(flags: set[str] | None = None) -> bool:
+    """Whether the CPU has AVX512_BF16 (flag ``avx512_bf16``): native bf16 dot products in vector
+    registers (e.g. AMD Zen 4, Intel Cooper Lake), without AMX's tiles."""
+    return "avx512_bf16" in (cpu_flags() if flags is None else flags)
 
 
 def benchmark_mask(model: PromptIR, scope: str, rate: float = MASK_RATE) -> Mask:
@@ -186,8 +200,9 @@ def group_rows(times: dict[str, list[float]], facts: dict[str, object]) -> list[
 
 
 def merge(new: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """The rows of ``path`` of other devices, then ``new`` (rows of ``new``'s devices replaced)."""
-    return merge_rows(new, path, ("device",), COLUMNS, "train_step")
+    """The rows of ``path`` of other devices or instruction sets, then ``new`` (the rows sharing
+    ``RUN_KEY`` with ``new`` replaced)."""
+    return merge_rows(new, path, RUN_KEY, COLUMNS, "train_step", LATER)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -259,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         mask = benchmark_mask(template, cfg.prune.scope)
         merge(pd.DataFrame(columns=list(COLUMNS)), args.out)  # an unreadable CSV fails now
         device = device_name(torch.device("cpu"))
-        facts = {"date": datetime.date.today().isoformat(), "device": device, "amx": has_amx(),
-                 "torch": torch.__version__}
+        facts = {"date": datetime.date.today().isoformat(), "device": device,
+                 "cpu_capability": torch.backends.cpu.get_cpu_capability(), "amx": has_amx(),
+                 "avx512_bf16": has_avx512_bf16(), "torch": torch.__version__}
         kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
-        log(f"{device} (amx: {facts['amx']}), torch {torch.__version__}, preset "
+        log(f"{device} ({facts['cpu_capability']}, amx: {facts['amx']}, avx512_bf16: "
+            f"{facts['avx512_bf16']}), torch {torch.__version__}, preset "
             f"{template.config.preset}, mask keeps {kept:.0%} of the {cfg.prune.scope}-scope "
             f"weights; {warmup} warm-up + {steps} timed steps")
         rows: list[dict[str, object]] = []

@@ -50,7 +50,9 @@ on a small machine slow a run down.
 Host: ``measured`` (UTC) and ``gemm_gflops``, a fixed fp32 matrix product timed on the device just
 before and just after each row's option (``hostprobe.py``): rows compare directly only where their
 probes agree; the virtual machines of this repository ran the same step 1.7x apart under one CPU
-model name.
+model name. ``cpu_capability``: the vector level torch dispatches to on the CPU (``AVX2``,
+``AVX512``, ...; ``not recorded`` in CPU rows from before the column, ``not applicable`` in GPU
+rows), since one model name has covered CPUs with and without AVX-512.
 
 Allocator (``--malloc``, as ``train.malloc``): ``auto`` (the default, as training) sets glibc's
 ``malloc`` to keep freed blocks for the next step (``mirl_lib.core.allocator``), ``system`` leaves
@@ -59,8 +61,9 @@ measured before the column existed had the system's) and ``page_faults`` counts 
 minor page faults per timed step. The setting is the process's, so one run measures one of them.
 
 Writes ``results/benchmarks/train_throughput.csv`` (or ``--out``) atomically after each option, so
-a run stopped by a time limit keeps what it measured. A row of the same device name, preset,
-batch, patch, threads, option, replicates and allocator is replaced, every other row is kept, so
+a run stopped by a time limit keeps what it measured. A row of the same device name, CPU
+capability, preset, batch, patch, threads, option, replicates and allocator is replaced, every
+other row is kept, so
 CPU and GPU rows sit side by side and runs of a few options add to the others. Imports only
 torch, pandas, tqdm and mirl_lib modules that need no notebook tooling (no papermill, jupyter or
 ipywidgets).
@@ -109,15 +112,22 @@ COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "paramet
                             "patch", "option", "replicates", "step_ms", "images_per_s",
                             "gflop_per_step", "achieved_tflops", "peak_tflops", "peak_share",
                             "peak_mem_mb", "mem_kind", "threads", "measured", "gemm_gflops",
-                            "malloc", "page_faults", "note")
-# A rerun replaces the rows it shares all of these with; every other row is kept.
-RUN_KEY: tuple[str, ...] = ("device_name", "preset", "batch", "patch", "threads", "option",
-                            "replicates", "malloc")
+                            "malloc", "page_faults", "cpu_capability", "note")
+# A rerun replaces the rows it shares all of these with; every other row is kept. A CPU row's
+# ``cpu_capability`` is the vector level torch dispatches to (AVX2, AVX512, ...): one model name
+# covers CPUs of different instruction sets (virtual machines named "AMD EPYC" with and without
+# AVX-512), whose steps differ. A GPU row's reads ``not applicable``.
+RUN_KEY: tuple[str, ...] = ("device_name", "cpu_capability", "preset", "batch", "patch",
+                            "threads", "option", "replicates", "malloc")
+NOT_RECORDED, NOT_APPLICABLE = "not recorded", "not applicable"
 # Columns added after rows were committed, with what an older row stands for (one training; when
 # and on how fast a machine unknown; glibc's allocator as it comes, page faults not counted; the
-# FLOP columns, also unknown, are completed from shapes).
-LATER: dict[str, object] = {"replicates": 1, "measured": "", "gemm_gflops": float("nan"),
-                            "malloc": allocator.SYSTEM, "page_faults": float("nan")}
+# FLOP columns, also unknown, are completed from shapes; a CPU row's instruction set unknown).
+LATER: dict[str, object] = {
+    "replicates": 1, "measured": "", "gemm_gflops": float("nan"), "malloc": allocator.SYSTEM,
+    "page_faults": float("nan"),
+    "cpu_capability": lambda old: old["device"].map(
+        lambda kind: NOT_RECORDED if kind == "cpu" else NOT_APPLICABLE)}
 # Dense bf16 tensor-core peaks (TFLOP/s, SXM parts, without sparsity) by a word of the device name.
 KNOWN_PEAKS: dict[str, float] = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
 DENSITY = 0.1  # fraction of every prunable tensor the benchmark mask keeps
@@ -496,6 +506,11 @@ def complete_flops(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def cpu_capability(device: torch.device) -> str:
+    """The ``cpu_capability`` of a row measured on ``device`` (``RUN_KEY``)."""
+    return torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else NOT_APPLICABLE
+
+
 def known_peak(name: str) -> float:
     """The dense bf16 tensor-core peak of a GPU named ``name`` (``KNOWN_PEAKS``), else NaN."""
     return next((v for k, v in KNOWN_PEAKS.items() if k in name), float("nan"))
@@ -523,7 +538,7 @@ def run(options: list[Option], preset: str, device: torch.device, batch: int, pa
     facts = {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
              "preset": preset, "parameters": count_parameters(template), "batch": batch,
              "patch": patch, "threads": torch.get_num_threads(), "peak_tflops": peak,
-             "malloc": allocator.current()}
+             "malloc": allocator.current(), "cpu_capability": cpu_capability(device)}
     templates = [template, *(build_model(preset, seed=r) for r in range(1, max(replicates)))]
     rows = []
     for count in replicates:

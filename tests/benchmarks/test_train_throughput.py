@@ -45,23 +45,28 @@ def test_rows_and_merge_keep_other_devices(bench: ModuleType, tmp_path: Path, on
     cpu_name = device_name(torch.device("cpu"))
     now = allocator.apply("auto")  # what the run's rows will say (tuned on glibc)
     other = allocator.SYSTEM if now == allocator.TUNED else allocator.TUNED
-    cpu = {**facts, "device": "cpu", "device_name": cpu_name, "note": "old", "malloc": now}
-    old = pd.DataFrame([{**facts, "malloc": now},  # another device: kept
+    capability = torch.backends.cpu.get_cpu_capability()
+    cpu = {**facts, "device": "cpu", "device_name": cpu_name, "note": "old", "malloc": now,
+           "cpu_capability": capability}
+    old = pd.DataFrame([{**facts, "malloc": now, "cpu_capability": "not applicable"},  # a GPU
                         {**cpu, "option": "fp32"},  # the same device and settings: replaced
                         {**cpu, "option": "fp32", "malloc": other},  # another allocator: kept
                         {**cpu, "option": "bf16"},  # another option: kept
-                        {**cpu, "option": "channels_last", "threads": 2}])  # other threads: kept
+                        {**cpu, "option": "channels_last", "threads": 2},  # other threads: kept
+                        # the same model name, another instruction set: another machine, kept
+                        {**cpu, "option": "fp32", "cpu_capability": "NOT_" + capability}])
     old.to_csv(out, index=False)
     assert bench.main(tiny_run(out, "--options", "fp32,channels_last")) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out, keep_default_na=False, na_values=[""])
     assert list(table.columns) == list(bench.COLUMNS)
-    assert list(table["option"]) == ["fp32", "fp32", "bf16", "channels_last", "fp32",
+    assert list(table["option"]) == ["fp32", "fp32", "bf16", "channels_last", "fp32", "fp32",
                                      "channels_last"]
-    assert list(table["malloc"]) == [now, other, now, now, now, now]
-    assert list(table["device_name"][:4]) == ["Some GPU", cpu_name, cpu_name, cpu_name]
-    assert list(table["threads"][:4]) == [1, 1, 1, 2] and set(table["note"][1:4]) == {"old"}
-    new = table.iloc[4:]
+    assert table["cpu_capability"].tolist()[-3:] == ["NOT_" + capability, capability, capability]
+    assert list(table["malloc"]) == [now, other, now, now, now, now, now]
+    assert list(table["device_name"][:5]) == ["Some GPU"] + [cpu_name] * 4
+    assert list(table["threads"][:5]) == [1, 1, 1, 2, 1] and set(table["note"][1:5]) == {"old"}
+    new = table.iloc[5:]
     assert (new["page_faults"] >= 0).all()
     assert set(new["device"]) == {"cpu"} and set(new["preset"]) == {"tiny"}
     assert set(new["threads"]) == {1} and set(new["batch"]) == {2} and set(new["patch"]) == {32}
@@ -76,10 +81,15 @@ def test_rows_and_merge_keep_other_devices(bench: ModuleType, tmp_path: Path, on
     # when and on how fast a machine: each new row probed, the rows from before the columns not
     assert (new["gemm_gflops"] > 0).all()
     assert new["measured"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ").all()
-    assert table["gemm_gflops"][:4].isna().all() and table["measured"][:4].isna().all()
+    assert table["gemm_gflops"][:5].isna().all() and table["measured"][:5].isna().all()
     # a CSV from before the allocator column: its rows had glibc's allocator as it comes
     old.drop(columns=["malloc"]).to_csv(out, index=False)
-    assert set(bench.merge(new, out)["malloc"].iloc[:4]) == {allocator.SYSTEM}
+    assert set(bench.merge(new, out)["malloc"].iloc[:5]) == {allocator.SYSTEM}
+    # from before the instruction-set column: a CPU row's is unknown, so a rerun keeps it
+    old.drop(columns=["cpu_capability"]).to_csv(out, index=False)
+    merged = bench.merge(new, out)
+    assert merged["cpu_capability"].tolist() == [
+        "not applicable", *["not recorded"] * 5, capability, capability]
     assert "fp32" in printed and "channels_last" in printed and str(out) in printed
 
 
@@ -118,7 +128,8 @@ def test_replicate_rows_and_rows_written_before_the_column(bench: ModuleType, tm
     cpu = {"device": "cpu", "device_name": device_name(torch.device("cpu")), "torch": "2.0",
            "preset": "tiny", "parameters": 1, "batch": 2, "patch": 32, "option": "fp32",
            "step_ms": 1.0, "images_per_s": 2000.0, "peak_mem_mb": 10.0, "mem_kind": "",
-           "threads": 1, "note": "old", "malloc": allocator.apply("auto")}
+           "threads": 1, "note": "old", "malloc": allocator.apply("auto"),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     pd.DataFrame([cpu, {**cpu, "option": "bf16"}]).to_csv(out, index=False)
     assert bench.main(tiny_run(out, "--options", "fp32,batched", "--replicates", "1,3")) == 0
     table = pd.read_csv(out, keep_default_na=False, na_values=[""])
