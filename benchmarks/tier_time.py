@@ -5,13 +5,14 @@ run (or per sitting of a run) in ``results/benchmarks/tier_time.csv``::
         [--until TIME] [--malloc system|tuned] [--note TEXT] [--out CSV]
 
 Every point's ``point.json`` gives its training's seconds (``phase_seconds.train``), its whole
-point's seconds (``seconds``: start, training, scoring, ticket), the machine and torch threads
-that computed it and, where the point records it, the allocator (``malloc``; ``--malloc`` stands
-in for points without it: those trained before ``train.malloc`` existed had glibc's allocator as
-it comes, ``system``). The file's time says when the point finished; ``--since`` / ``--until``
-(``YYYY-MM-DDTHH:MM``, UTC) keep the points that finished in that window, one sitting of a run
-that was resumed. Point folders that ``--force`` moved aside (``round_NN.replaced-...``) count
-too: they were trained, and renaming keeps their time.
+point's seconds (``seconds``: start, training, scoring, ticket), the machine, its CPU capability
+(torch's vector level, ``AVX2``, ``AVX512``, ...: one machine name has covered CPUs with and
+without AVX-512) and torch threads that computed it and, where the point records it, the allocator
+(``malloc``; ``--malloc`` stands in for points without it: those trained before ``train.malloc``
+existed had glibc's allocator as it comes, ``system``). The file's time says when the point
+finished; ``--since`` / ``--until`` (``YYYY-MM-DDTHH:MM``, UTC) keep the points that finished in
+that window, one sitting of a run that was resumed. Point folders that ``--force`` moved aside
+(``round_NN.replaced-...``) count too: they were trained, and renaming keeps their time.
 
 A row: ``points``, ``seeds``, the median and the 10th / 90th percentiles of the training seconds,
 the median point seconds, ``wall_min`` and ``seeds_per_hour``. With ``--log`` (the runner's
@@ -41,10 +42,13 @@ from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.files.paths import BENCHMARK_RESULTS, POINT_FILE, point_files  # noqa: E402
 
-COLUMNS = ["measured", "label", "run", "machine", "threads", "malloc", "points", "seeds",
+COLUMNS = ["measured", "label", "run", "machine", "cpu_capability", "threads", "malloc", "points",
+           "seeds",
            "train_s_median", "train_s_p10", "train_s_p90", "point_s_median", "wall_min",
            "seeds_per_hour", "note"]
 KEY = ["label"]
+NOT_RECORDED = "not recorded"
+LATER = {"cpu_capability": NOT_RECORDED}  # rows written before the column
 _FINISHED = re.compile(r"^Study finished in ([0-9.]+) min", re.M)
 
 
@@ -58,7 +62,8 @@ def _when(text: str, flag: str) -> float:
 
 def points(run_dir: Path, since: float | None = None, until: float | None = None) -> pd.DataFrame:
     """One row per ``point.json`` under ``run_dir`` that finished in the window: seed, training
-    and point seconds, machine, threads, allocator (empty where not recorded), finish time."""
+    and point seconds, machine, CPU capability and allocator (empty where not recorded), threads,
+    finish time."""
     rows = []
     for path in point_files(run_dir, POINT_FILE, moved_aside=True):
         finished = path.stat().st_mtime
@@ -69,12 +74,13 @@ def points(run_dir: Path, since: float | None = None, until: float | None = None
             rows.append({"seed": int(record["seed"]),
                          "train_s": float(record["phase_seconds"]["train"]),
                          "point_s": float(record["seconds"]), "machine": record["machine"],
+                         "cpu_capability": record.get("cpu_capability", ""),
                          "threads": int(record["threads"]), "malloc": record.get("malloc", ""),
                          "finished": finished})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MirlError(f"{path}: not a point record ({type(exc).__name__}: {exc})") from None
-    return pd.DataFrame(rows, columns=["seed", "train_s", "point_s", "machine", "threads",
-                                       "malloc", "finished"])
+    return pd.DataFrame(rows, columns=["seed", "train_s", "point_s", "machine", "cpu_capability",
+                                       "threads", "malloc", "finished"])
 
 
 def tier_row(table: pd.DataFrame, label: str, run_dir: Path, log_text: str | None,
@@ -101,6 +107,8 @@ def tier_row(table: pd.DataFrame, label: str, run_dir: Path, log_text: str | Non
     train = table["train_s"]
     return {"measured": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "label": label,
             "run": str(run_dir), "machine": " / ".join(sorted(set(table["machine"]))),
+            "cpu_capability": " / ".join(sorted(set(table["cpu_capability"]) - {""}))
+            or NOT_RECORDED,
             "threads": " / ".join(str(t) for t in sorted(set(table["threads"]))),
             "malloc": recorded.pop() if recorded else malloc, "points": len(table),
             "seeds": seeds, "train_s_median": round(train.median(), 1),
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         row = pd.DataFrame([tier_row(points(args.run_dir, since, until), args.label,
                                      args.run_dir, log_text, args.malloc, args.note)],
                            columns=COLUMNS)
-        table = merge_rows(row, args.out, KEY, COLUMNS, "tier_time")
+        table = merge_rows(row, args.out, KEY, COLUMNS, "tier_time", LATER)
         atomic_write_text(table.to_csv(index=False), args.out)
     except MirlError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,13 +18,15 @@ T0 = 1_764_900_000.0  # 2025-12-05T02:00Z
 
 
 def point(run: Path, seed: int, strategy: str, rnd: int, train: float, finished: float,
-          malloc: str | None = None) -> None:
+          malloc: str | None = None, capability: str | None = None) -> None:
     folder = run / f"seed_{seed}" / strategy / (f"round_{rnd:02d}" if rnd else "")
     folder.mkdir(parents=True)
     record = {"seed": seed, "phase_seconds": {"train": train, "evaluate": 2.0},
               "seconds": train + 5, "machine": "AMD EPYC", "threads": 1}
     if malloc:
         record["malloc"] = malloc
+    if capability:
+        record["cpu_capability"] = capability
     path = folder / "point.json"
     path.write_text(json.dumps(record))
     os.utime(path, (finished, finished))
@@ -41,6 +43,7 @@ def test_a_run_and_one_of_its_sittings(bench: ModuleType, tmp_path: Path) -> Non
                        "--out", str(out)]) == 0
     row = pd.read_csv(out).set_index("label").loc["all"]
     assert (row["points"], row["seeds"], row["malloc"]) == (4, 2, "system")
+    assert row["cpu_capability"] == "not recorded"  # the points do not say
     assert row["train_s_median"] == 250.0 and row["point_s_median"] == 255.0
     assert row["train_s_p10"] == pytest.approx(130.0) and row["train_s_p90"] == 370.0
     assert row["wall_min"] == 30.0 and row["seeds_per_hour"] == 4.0  # 2 seeds in half an hour
@@ -61,10 +64,17 @@ def test_a_run_and_one_of_its_sittings(bench: ModuleType, tmp_path: Path) -> Non
 def test_recorded_allocator_and_bad_input(bench: ModuleType, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     run, out = tmp_path / "run", tmp_path / "tier.csv"
-    point(run, 0, "dense", 0, 100.0, T0, malloc="tuned")
-    point(run, 1, "dense", 0, 120.0, T0 + 10, malloc="tuned")
+    point(run, 0, "dense", 0, 100.0, T0, malloc="tuned", capability="AVX512")
+    point(run, 1, "dense", 0, 120.0, T0 + 10, malloc="tuned", capability="AVX512")
+    # a file from before the cpu_capability column: its row reads "not recorded"
+    pd.DataFrame([{"label": "old", "machine": "AMD EPYC", "malloc": "system"}]).to_csv(
+        out, index=False)
     assert bench.main([str(run), "--label", "tuned", "--out", str(out)]) == 0
-    assert pd.read_csv(out)["malloc"].tolist() == ["tuned"]
+    table = pd.read_csv(out)
+    assert table["malloc"].tolist() == ["system", "tuned"]
+    assert table["cpu_capability"].tolist() == ["not recorded", "AVX512"]
+    out.unlink()
+    assert bench.main([str(run), "--label", "tuned", "--out", str(out)]) == 0
     before = out.read_bytes()
     cases = [([str(run), "--label", "x", "--malloc", "system"], "not --malloc system"),
              ([str(tmp_path / "none"), "--label", "x"], "no such run folder"),
