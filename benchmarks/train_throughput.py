@@ -96,7 +96,7 @@ from hostprobe import Probe  # noqa: E402
 
 from mirl_lib.core import allocator  # noqa: E402
 from mirl_lib.core.config import PRESETS, TrainConfig  # noqa: E402
-from mirl_lib.core.device import device_name, resolve_device  # noqa: E402
+from mirl_lib.core.device import arithmetic, device_name, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.net.promptir import PromptIR, build_model, count_parameters  # noqa: E402
@@ -461,6 +461,9 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
                                                   else "stepped one after the other"))
         if device.type != "cuda" and hasattr(os, "getloadavg"):
             notes.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        capped = arithmetic(device, torch.get_num_threads())["kernel_env"]
+        if capped:
+            notes.append(f"kernels chosen by {capped}")
         if option.bf16 and device.type != "cuda":
             notes.append("mirl_lib.training.loop uses bf16 on CUDA only")
         if option.channels_last and device.type != "cuda":

@@ -120,6 +120,21 @@ def test_the_mask_is_kept(bench: ModuleType) -> None:
         assert got.step_ms > 0 and "2 replicates" in got.note
 
 
+def test_a_row_names_the_variables_that_chose_its_kernels(
+        bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row measured under ``ONEDNN_MAX_CPU_ISA`` and the like says so: its ``cpu_capability``
+    alone would read as a CPU without the wider instructions."""
+    model = bench.build_model("tiny", seed=0)
+    mask = bench.benchmark_mask(model)
+    plain = bench.measure(bench.Option("fp32"), [model], mask, torch.device("cpu"), 2, 16, 1, 1)
+    here = bench.arithmetic(torch.device("cpu"), 1)["kernel_env"]  # usually none is set
+    assert ("kernels chosen by" in plain.note) == bool(here)
+    monkeypatch.setattr(bench, "arithmetic", lambda device, threads: {
+        "kernel_env": "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"})
+    capped = bench.measure(bench.Option("fp32"), [model], mask, torch.device("cpu"), 2, 16, 1, 1)
+    assert "kernels chosen by ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" in capped.note
+
+
 def test_replicate_rows_and_rows_written_before_the_column(bench: ModuleType, tmp_path: Path,
                                                           one_thread: None) -> None:
     """Each option at each replicate count; a committed row without ``replicates`` stands for
