@@ -17,6 +17,9 @@ import pandas as pd
 
 from mirl_lib.core.errors import MirlError
 
+# What a column added to a CSV later reads in the rows written before it, its value unknown.
+NOT_RECORDED = "not recorded"
+
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one short line (compiler errors run over many lines)."""

@@ -35,7 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchrows import merge_rows  # noqa: E402
+from benchrows import NOT_RECORDED, merge_rows  # noqa: E402
 
 from mirl_lib.core.allocator import SYSTEM, TUNED  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
@@ -43,11 +43,9 @@ from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.files.paths import BENCHMARK_RESULTS, POINT_FILE, point_files  # noqa: E402
 
 COLUMNS = ["measured", "label", "run", "machine", "cpu_capability", "threads", "malloc", "points",
-           "seeds",
-           "train_s_median", "train_s_p10", "train_s_p90", "point_s_median", "wall_min",
+           "seeds", "train_s_median", "train_s_p10", "train_s_p90", "point_s_median", "wall_min",
            "seeds_per_hour", "note"]
 KEY = ["label"]
-NOT_RECORDED = "not recorded"
 LATER = {"cpu_capability": NOT_RECORDED}  # rows written before the column
 _FINISHED = re.compile(r"^Study finished in ([0-9.]+) min", re.M)
 

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchrows import merge_rows  # noqa: E402
+from benchrows import NOT_RECORDED, merge_rows  # noqa: E402
 
 from mirl_lib.core.config import PRESETS, TrainConfig, load_config  # noqa: E402
 from mirl_lib.core.device import device_name  # noqa: E402
@@ -73,7 +73,6 @@ COLUMNS: tuple[str, ...] = ("date", "device", "cpu_capability", "amx", "avx512_b
                             "steps_timed", "speedup_vs_fp32", "chosen", "load_avg")
 # A rerun replaces the rows it shares these with; columns added later, and what older rows read.
 RUN_KEY: tuple[str, ...] = ("device", "cpu_capability")
-NOT_RECORDED = "not recorded"
 LATER: dict[str, object] = {"cpu_capability": NOT_RECORDED, "avx512_bf16": NOT_RECORDED}
 MASK_RATE = 0.5  # fraction of the prunable weights the benchmark mask removes
 QUICK_STEPS, QUICK_WARMUP = 3, 1

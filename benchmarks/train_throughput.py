@@ -63,8 +63,8 @@ minor page faults per timed step. The setting is the process's, so one run measu
 Writes ``results/benchmarks/train_throughput.csv`` (or ``--out``) atomically after each option, so
 a run stopped by a time limit keeps what it measured. A row of the same device name, CPU
 capability, preset, batch, patch, threads, option, replicates and allocator is replaced, every
-other row is kept, so
-CPU and GPU rows sit side by side and runs of a few options add to the others. Imports only
+other row is kept, so CPU and GPU rows sit side by side and runs of a few options add to the
+others. Imports only
 torch, pandas, tqdm and mirl_lib modules that need no notebook tooling (no papermill, jupyter or
 ipywidgets).
 """
@@ -91,12 +91,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchrows import merge_rows, one_line  # noqa: E402
+from benchrows import NOT_RECORDED, merge_rows, one_line  # noqa: E402
 from hostprobe import Probe  # noqa: E402
 
 from mirl_lib.core import allocator  # noqa: E402
 from mirl_lib.core.config import PRESETS, TrainConfig  # noqa: E402
-from mirl_lib.core.device import arithmetic, device_name, resolve_device  # noqa: E402
+from mirl_lib.core.device import device_name, kernel_env, resolve_device  # noqa: E402
 from mirl_lib.core.errors import ConfigError, MirlError  # noqa: E402
 from mirl_lib.files.atomic import atomic_write_text  # noqa: E402
 from mirl_lib.net.promptir import PromptIR, build_model, count_parameters  # noqa: E402
@@ -119,7 +119,7 @@ COLUMNS: tuple[str, ...] = ("device", "device_name", "torch", "preset", "paramet
 # AVX-512), whose steps differ. A GPU row's reads ``not applicable``.
 RUN_KEY: tuple[str, ...] = ("device_name", "cpu_capability", "preset", "batch", "patch",
                             "threads", "option", "replicates", "malloc")
-NOT_RECORDED, NOT_APPLICABLE = "not recorded", "not applicable"
+NOT_APPLICABLE = "not applicable"
 # Columns added after rows were committed, with what an older row stands for (one training; when
 # and on how fast a machine unknown; glibc's allocator as it comes, page faults not counted; the
 # FLOP columns, also unknown, are completed from shapes; a CPU row's instruction set unknown).
@@ -461,7 +461,7 @@ def measure(option: Option, templates: list[PromptIR], mask: Mask, device: torch
                                                   else "stepped one after the other"))
         if device.type != "cuda" and hasattr(os, "getloadavg"):
             notes.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        capped = arithmetic(device, torch.get_num_threads())["kernel_env"]
+        capped = kernel_env()
         if capped:
             notes.append(f"kernels chosen by {capped}")
         if option.bf16 and device.type != "cuda":

@@ -70,8 +70,13 @@ def arithmetic(device: torch.device, threads: int) -> dict[str, str | int]:
     space-separated; empty when none is). Two runs that differ here may differ in the last bits."""
     return {"machine": device_name(device), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": int(threads),
-            "kernel_env": " ".join(f"{name}={os.environ[name]}" for name in KERNEL_ENV
-                                   if name in os.environ)}
+            "kernel_env": kernel_env()}
+
+
+def kernel_env() -> str:
+    """Every ``KERNEL_ENV`` variable that is set, as ``NAME=value`` separated by spaces (empty
+    when none is)."""
+    return " ".join(f"{name}={os.environ[name]}" for name in KERNEL_ENV if name in os.environ)
 
 
 @contextmanager
